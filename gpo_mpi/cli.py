@@ -1,0 +1,74 @@
+"""The `gpo-mpi` command.
+
+Every rank runs the same command line; `mpiexec -n N gpo-mpi ...` starts N
+ranks, plain `gpo-mpi ...` runs as one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+
+
+def one_thread_per_rank() -> None:
+    """Pin torch (and the BLAS under numpy, where not yet loaded) to one thread.
+
+    Ranks are the parallelism: with several threads each, eight ranks on a
+    workstation would oversubscribe its cores many times over.
+    """
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def describe_build() -> str:
+    """Versions and backends, for `--version` and bug reports."""
+    import mpi4py
+    import torch
+
+    from . import kernels, mpi
+
+    return "\n".join(
+        [
+            f"gpo-mpi {__version__}",
+            f"kernels: {kernels.BACKEND}",
+            f"MPI: {mpi.library_version()} (mpi4py {mpi4py.__version__}), {mpi.world().Get_size()} rank(s)",
+            f"torch: {torch.__version__}, {torch.get_num_threads()} thread(s) per rank",
+        ]
+    )
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(describe_build())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpo-mpi",
+        description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
+        "Run it under `mpiexec -n N` for N ranks, one population member per rank.",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version, kernel backend, MPI library and torch threads"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    one_thread_per_rank()
+    from . import mpi
+
+    mpi.abort_on_uncaught_exception(mpi.world())
+    parser = build_parser()
+    parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.print_help()
+    return 0

@@ -1,0 +1,113 @@
+"""Every MPI call of gpo-mpi, and nothing else: no other module imports mpi4py.
+
+Helpers take `comm` explicitly and move numpy buffers with mpi4py's
+uppercase (buffer) methods; the lowercase pickling methods are kept for
+small metadata. Collectives stay visible at the call site: no helper here is
+called from logging or other code that might run on only some ranks.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+__all__ = [
+    "MPI",
+    "world",
+    "abort_on_uncaught_exception",
+    "bcast_flat",
+    "allgatherv_rows",
+    "allreduce_sum",
+    "check_synced",
+    "library_version",
+]
+
+
+def world() -> MPI.Comm:
+    """The communicator of the whole job (one rank when run without mpiexec)."""
+    return MPI.COMM_WORLD
+
+
+def library_version() -> str:
+    """First line of the MPI library's own version string, e.g. 'MPICH Version: 5.0.2'."""
+    return " ".join(MPI.Get_library_version().splitlines()[0].split())
+
+
+def abort_on_uncaught_exception(comm: MPI.Comm) -> None:
+    """Make an uncaught exception on any rank end the whole job.
+
+    Without this, the failing rank exits while the others wait forever in
+    their next collective, and the job hangs until its time limit. The hook
+    prints the traceback with the rank in front, then calls Abort, which
+    makes the launcher kill every rank.
+    """
+    rank = comm.Get_rank()
+
+    def hook(exc_type, exc_value, exc_traceback):
+        message = "".join(traceback.format_exception(exc_type, exc_value, exc_traceback))
+        sys.stderr.write(f"[gpo-mpi rank {rank}] uncaught exception, aborting the job:\n{message}")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _check_buffer(array: np.ndarray, name: str) -> None:
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
+        raise ValueError(f"{name}: needs a C-contiguous numpy array")
+
+
+def bcast_flat(comm: MPI.Comm, vector: np.ndarray, root: int = 0) -> np.ndarray:
+    """Broadcast a flat vector (e.g. policy parameters) from `root`, in place.
+
+    Every rank passes an array of the same length and dtype; on return all
+    hold root's values. Returns the array for convenience.
+    """
+    _check_buffer(vector, "bcast_flat")
+    comm.Bcast(vector, root=root)
+    return vector
+
+
+def allgatherv_rows(comm: MPI.Comm, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate every rank's rows along axis 0, in rank order, on every rank.
+
+    Ranks may contribute different numbers of rows (0 included) but must
+    agree on the dtype and the shape of one row. Returns the gathered array
+    and the number of rows that came from each rank.
+    """
+    rows = np.ascontiguousarray(rows)
+    row_shape = rows.shape[1:]
+    row_size = int(np.prod(row_shape, dtype=np.int64))
+    local_count = np.array([len(rows)], dtype=np.int64)
+    row_counts = np.empty(comm.Get_size(), dtype=np.int64)
+    comm.Allgather(local_count, row_counts)
+
+    element_counts = row_counts * row_size
+    displacements = np.concatenate(([0], np.cumsum(element_counts)[:-1]))
+    gathered = np.empty((int(row_counts.sum()),) + row_shape, dtype=rows.dtype)
+    comm.Allgatherv(rows, [gathered, (element_counts, displacements)])
+    return gathered, row_counts
+
+
+def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
+    """Elementwise sum over ranks of a float64 vector: pack several statistics
+    into one buffer to pay one collective's latency for all of them."""
+    send = np.ascontiguousarray(values, dtype=np.float64)
+    total = np.empty_like(send)
+    comm.Allreduce(send, total, op=MPI.SUM)
+    return total
+
+
+def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> None:
+    """Raise on every rank if `vector` differs between ranks (a desync bug)."""
+    vector = np.ascontiguousarray(vector)
+    reference = vector.copy()
+    comm.Bcast(reference, root=0)
+    # Bitwise: parameters that should be synced are copies, not recomputations.
+    differs = np.array([0 if reference.tobytes() == vector.tobytes() else 1], dtype=np.int64)
+    ranks_differing = np.empty(1, dtype=np.int64)
+    comm.Allreduce(differs, ranks_differing, op=MPI.SUM)
+    if ranks_differing[0]:
+        raise RuntimeError(f"{name} differs from rank 0's on {ranks_differing[0]} rank(s)")

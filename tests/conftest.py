@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROGRAMS = Path(__file__).parent / "mpi_programs"
+
+
+def find_mpiexec() -> str:
+    """The mpiexec installed beside this Python (the mpich wheel's), else PATH's."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "mpiexec"
+        if candidate.exists():
+            return str(candidate)
+    pytest.fail("no mpiexec found: install the mpich wheel (pip install mpich)")
+
+
+@pytest.fixture
+def mpirun():
+    """mpirun(n_ranks, [args...], timeout=...) runs a command under mpiexec.
+
+    A bare .py file name in the first argument is taken from
+    tests/mpi_programs and run with this Python. Every call has a timeout,
+    so a hang fails the test instead of eating the CI run.
+    """
+    def run(n_ranks: int, command: list[str], timeout: float = 120, env: dict | None = None):
+        if command[0].endswith(".py"):
+            command = [sys.executable, str(PROGRAMS / command[0])] + command[1:]
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        return subprocess.run([find_mpiexec(), "-n", str(n_ranks)] + command, capture_output=True,
+                              text=True, timeout=timeout, env=full_env)
+    return run
