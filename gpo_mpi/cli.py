@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from . import __version__, config
 
 
 def one_thread_per_rank() -> None:
@@ -54,21 +54,40 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpo-mpi",
+        usage="mpiexec -n N gpo-mpi [run] [options]",
         description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
-        "Run it under `mpiexec -n N` for N ranks, one population member per rank.",
+        "Run it under `mpiexec -n N` for N ranks; members are spread evenly over the ranks.",
     )
     parser.add_argument(
         "--version", action=_VersionAction, help="print the version, kernel backend, MPI library and torch threads"
     )
+    config.add_arguments(parser)
     return parser
+
+
+EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
     one_thread_per_rank()
     from . import mpi
 
-    mpi.abort_on_uncaught_exception(mpi.world())
-    parser = build_parser()
-    parser.parse_args(sys.argv[1:] if argv is None else argv)
-    parser.print_help()
+    comm = mpi.world()
+    mpi.abort_on_uncaught_exception(comm)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["run"]:
+        arguments = arguments[1:]
+    parsed = build_parser().parse_args(arguments)
+
+    from .engine import run
+    from .rollout import EnvironmentError_
+
+    # Every rank checks the same input and fails alike; rank 0 alone says why.
+    try:
+        run_config = config.from_arguments(parsed, comm.Get_size())
+        run(run_config, comm)
+    except (config.ConfigError, EnvironmentError_) as error:
+        if comm.Get_rank() == 0:
+            print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
     return 0

@@ -20,6 +20,7 @@ __all__ = [
     "bcast_flat",
     "allgatherv_rows",
     "allreduce_sum",
+    "average_gradients",
     "check_synced",
     "library_version",
 ]
@@ -92,12 +93,26 @@ def allgatherv_rows(comm: MPI.Comm, rows: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
-    """Elementwise sum over ranks of a float64 vector: pack several statistics
-    into one buffer to pay one collective's latency for all of them."""
-    send = np.ascontiguousarray(values, dtype=np.float64)
+    """Elementwise sum over ranks of a float vector (float32 stays float32,
+    anything else becomes float64). Pack several statistics into one buffer
+    to pay one collective's latency for all of them."""
+    dtype = np.float32 if np.asarray(values).dtype == np.float32 else np.float64
+    send = np.ascontiguousarray(values, dtype=dtype)
     total = np.empty_like(send)
     comm.Allreduce(send, total, op=MPI.SUM)
     return total
+
+
+def average_gradients(comm: MPI.Comm, parameters) -> None:
+    """Replace each torch parameter's gradient by its mean over ranks, in one
+    Allreduce (data-parallel training: every rank then takes the same step)."""
+    flat = np.concatenate([p.grad.numpy().reshape(-1) for p in parameters])
+    mean = allreduce_sum(comm, flat) / comm.Get_size()
+    offset = 0
+    for p in parameters:
+        size = p.grad.numel()
+        p.grad.numpy().reshape(-1)[:] = mean[offset:offset + size]
+        offset += size
 
 
 def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> None:

@@ -47,3 +47,47 @@ def test_exception_on_one_rank_ends_the_job(mpirun, n_ranks, failing_rank):
     assert f"[gpo-mpi rank {failing_rank}] uncaught exception" in output
     assert f"ValueError: deliberate failure on rank {failing_rank}" in output
     assert "barrier passed" not in output
+
+
+def run_sharing(mpirun, n_ranks, epsilon, out_dir):
+    out_dir.mkdir()
+    result = mpirun(n_ranks, ["sharing.py", str(out_dir), epsilon], timeout=180)
+    assert result.returncode == 0, result.stderr
+    return [dict(np.load(out_dir / f"member{i}.npz")) for i in range(4)]
+
+
+@pytest.mark.parametrize("n_ranks", [2, 4])
+def test_data_sharing_pools_batches_and_matches_one_process(mpirun, tmp_path, n_ranks):
+    one_process = run_sharing(mpirun, 1, "inf", tmp_path / "one")
+    every = run_sharing(mpirun, n_ranks, "inf", tmp_path / "every")
+    alone = run_sharing(mpirun, n_ranks, "0", tmp_path / "alone")
+    all_obs = np.concatenate([m["own_obs"] for m in every])
+    for i in range(4):
+        # epsilon = inf: every member learns from the same pooled batch of all four
+        np.testing.assert_array_equal(every[i]["members_read"], [0, 1, 2, 3])
+        np.testing.assert_array_equal(every[i]["obs"], all_obs)
+        np.testing.assert_array_equal(every[i]["own"], np.arange(256) // 64 == i)
+        # epsilon = 0: only its own batch
+        np.testing.assert_array_equal(alone[i]["members_read"], [i])
+        np.testing.assert_array_equal(alone[i]["obs"], alone[i]["own_obs"])
+        # the same as one process holding all four members
+        for key in ("obs", "own", "members_read"):
+            np.testing.assert_array_equal(every[i][key], one_process[i][key])
+        np.testing.assert_allclose(every[i]["advantages"], one_process[i]["advantages"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(every[i]["kl"], one_process[i]["kl"], rtol=1e-12)
+    kl = every[0]["kl"]
+    np.testing.assert_array_equal(np.diag(kl), 0.0)
+    assert np.all(kl[~np.eye(4, dtype=bool)] > 0)
+
+
+@pytest.mark.parametrize("n_ranks", [2, 4])
+def test_averaged_gradients_equal_the_full_batch_gradient(mpirun, tmp_path, n_ranks):
+    result = mpirun(n_ranks, ["joint_gradients.py", str(tmp_path)], timeout=120)
+    assert result.returncode == 0, result.stderr
+    one_dir = tmp_path / "one"
+    one_dir.mkdir()
+    single = mpirun(1, ["joint_gradients.py", str(one_dir)], timeout=120)
+    assert single.returncode == 0, single.stderr
+    expected = np.load(one_dir / "rank0.npy")
+    for rank in range(n_ranks):
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,280 @@
+"""The run configuration: one typed, frozen dataclass.
+
+Every hyperparameter that the paper leaves open is a field here, with a
+one-line docstring under it; nothing is a hidden constant. A run's config
+comes from, in increasing priority: the defaults below, a preset
+(`--preset paper`), a TOML file (`--config FILE`) with the same field names,
+and command-line flags (`--batch-steps 4096`). Rank 0 writes the resolved
+config into the run file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, fields
+from typing import Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; its message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # ---------------------------------------------------------------- the run
+    env: str = "Hopper-v5"
+    """Gymnasium environment id; its action space must be continuous (Box)."""
+    algo: Literal["gpo", "single", "joint"] = "gpo"
+    """gpo: the genetic algorithm; single: independent members, best reported; joint: one policy, m times the batch."""
+    mutation: Literal["ppo", "a2c"] = "ppo"
+    """Policy-gradient method of MUTATE: PPO with the adaptive KL penalty, or A2C."""
+    population: int = 0
+    """Number of members m; 0 means one per MPI rank. More than the ranks must be a whole multiple of them."""
+    total_steps: int = 8_000_000
+    """Environment-step budget of the whole run, every rollout counted (the paper: 1M per member)."""
+    rounds: int = 12
+    """GPO rounds (mutate, select, crossover); the step budget is split evenly over them."""
+    seed: int = 0
+    """Seed of everything random: member i uses seed + 1000 * i for its networks, noise and environments."""
+    out: str = "run.h5"
+    """Path of the HDF5 run file written by rank 0."""
+
+    # ------------------------------------------------------------ environment
+    n_envs: int = 1
+    """Environments each member steps side by side (a gymnasium SyncVectorEnv); one policy forward per step serves all."""
+    horizon: int = 0
+    """Episode time limit in steps; 0 keeps the environment's own (1000 for MuJoCo v5). The paper used 512."""
+    obs_norm: Literal["shared", "off"] = "shared"
+    """Observation normalization: running mean/std pooled over the whole population, or none."""
+    obs_clip: float = 10.0
+    """Normalized observations are clipped to [-obs_clip, obs_clip]."""
+
+    # ------------------------------------------------------------- networks
+    policy_hidden: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the Gaussian policy's mean network (tanh units)."""
+    critic_hidden: tuple[int, ...] = (32, 32)
+    """Hidden layer sizes of the value network (tanh units)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of every action dimension."""
+
+    # -------------------------------------------------------------- mutation
+    batch_steps: int = 2048
+    """Environment steps per member per policy-gradient iteration (Joint: per member it replaces)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda (the paper does not give one)."""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy."""
+    policy_epochs: int = 10
+    """Passes over the batch per PPO iteration (A2C always makes one gradient step)."""
+    policy_minibatch: int = 64
+    """PPO minibatch size in steps; 0 means full-batch gradient steps (the paper's 10 per batch)."""
+    kl_target: float = 0.01
+    """Adaptive KL penalty: beta doubles above 1.5 x target, halves below target / 1.5."""
+    initial_beta: float = 1.0
+    """Starting weight of the KL penalty."""
+    critic_lr: float = 1e-3
+    """Adam learning rate of the critic."""
+    critic_epochs: int = 10
+    """Passes over the batch per iteration for the critic."""
+    critic_minibatch: int = 64
+    """Critic minibatch size in steps; 0 means full batch."""
+    normalize_advantages: bool = True
+    """Standardize advantages within each batch."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip for policy and critic updates; 0 disables it."""
+
+    # ---------------------------------------------------------- data sharing
+    share_epsilon: float = 0.1
+    """Component M: member i learns from j's batch when KL[pi_i, pi_j] < share_epsilon (mean over shared states)."""
+    kl_states: int = 1024
+    """States per member pooled into the shared set on which the KL matrix is measured."""
+
+    def local_members(self, n_ranks: int) -> int:
+        """Members each rank holds (Joint: always 1, the shared policy)."""
+        return 1 if self.algo == "joint" else self.population // n_ranks
+
+    def validate(self, n_ranks: int) -> None:
+        """Raise ConfigError with one line naming the first bad value."""
+        positive_ints = ["total_steps", "rounds", "n_envs", "batch_steps", "policy_epochs", "critic_epochs",
+                         "kl_states"]
+        for name in positive_ints:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ["horizon", "policy_minibatch", "critic_minibatch", "seed"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        for name in ["gamma", "gae_lambda"]:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+        if not self.max_grad_norm >= 0:
+            raise ConfigError(f"max_grad_norm must be zero or positive, got {self.max_grad_norm}")
+        if not self.share_epsilon >= 0:
+            raise ConfigError(f"share_epsilon must be zero or positive, got {self.share_epsilon}")
+        if any(size <= 0 for size in self.policy_hidden + self.critic_hidden):
+            raise ConfigError("hidden layer sizes must be positive")
+        if self.population <= 0:
+            raise ConfigError(f"population must be positive, got {self.population}")
+        if self.batch_steps % self.n_envs:
+            raise ConfigError(f"batch_steps ({self.batch_steps}) must be a multiple of n_envs ({self.n_envs})")
+        if self.algo == "joint":
+            if (self.population * self.batch_steps) % (n_ranks * self.n_envs):
+                raise ConfigError(f"joint: the batch of population x batch_steps = "
+                                  f"{self.population * self.batch_steps} steps must split evenly over "
+                                  f"{n_ranks} ranks x {self.n_envs} envs")
+        elif self.population % n_ranks:
+            raise ConfigError(f"population ({self.population}) must be a whole multiple of the number of "
+                              f"ranks ({n_ranks})")
+        if self.steps_per_iteration > self.total_steps:
+            raise ConfigError(f"total_steps ({self.total_steps}) is less than one iteration of the whole "
+                              f"population ({self.steps_per_iteration} steps)")
+
+    @property
+    def n_policies(self) -> int:
+        """Policies the run trains: Joint trains one, the others one per member."""
+        return 1 if self.algo == "joint" else self.population
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Environment steps the whole population takes in one policy-gradient iteration."""
+        return self.population * self.batch_steps
+
+    @property
+    def iterations(self) -> int:
+        """Policy-gradient iterations that fit in the step budget."""
+        return self.total_steps // self.steps_per_iteration
+
+
+PRESETS: dict[str, dict] = {
+    # Section 6.3 of the paper: rllab's horizon, full-batch PPO steps.
+    "paper": dict(horizon=512, policy_minibatch=0, critic_minibatch=0),
+}
+
+
+def _field_type(config_field: dataclasses.Field):
+    return typing.get_type_hints(RunConfig)[config_field.name]
+
+
+def _coerce(name: str, value, annotation):
+    """Check a TOML value against the field's type; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            choices = ", ".join(repr(c) for c in typing.get_args(annotation))
+            raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            raise ConfigError(f"{name} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unhandled config type {annotation}")  # a bug in this module
+
+
+def read_toml(path: str) -> dict:
+    """Fields from a TOML file, checked for unknown names and types."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    known = {f.name: f for f in fields(RunConfig)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+    return {name: _coerce(f"{path}: {name}", value, _field_type(known[name])) for name, value in raw.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (`--batch-steps`), defaulting to 'not given'."""
+    parser.add_argument("--config", metavar="FILE.toml", help="read fields from a TOML file; flags override it")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of fields")
+    for config_field in fields(RunConfig):
+        annotation = _field_type(config_field)
+        flag = "--" + config_field.name.replace("_", "-")
+        help_text = _FIELD_DOCS.get(config_field.name, "")
+        default_text = f" (default: {config_field.default})"
+        origin = typing.get_origin(annotation)
+        if origin is Literal:
+            parser.add_argument(flag, choices=typing.get_args(annotation), default=None,
+                                help=help_text + default_text)
+        elif origin is tuple:
+            parser.add_argument(flag, type=int, nargs="+", default=None, metavar="N", help=help_text + default_text)
+        elif annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text + default_text)
+        else:
+            parser.add_argument(flag, type=annotation, default=None, help=help_text + default_text)
+
+
+def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
+    """Defaults, then preset, then TOML file, then flags; population 0 becomes the rank count."""
+    values: dict = {}
+    if arguments.preset:
+        values.update(PRESETS[arguments.preset])
+    if arguments.config:
+        values.update(read_toml(arguments.config))
+    for config_field in fields(RunConfig):
+        given = getattr(arguments, config_field.name, None)
+        if given is not None:
+            values[config_field.name] = tuple(given) if isinstance(given, list) else given
+    if values.get("population", 0) == 0:
+        values["population"] = n_ranks
+    config = RunConfig(**values)
+    config.validate(n_ranks)
+    return config
+
+
+def to_dict(config: RunConfig) -> dict:
+    """The config as plain values, for the run file."""
+    return dataclasses.asdict(config)
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each field, read from this module's source."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(RunConfig))
+    docs = {}
+    body = tree.body[0].body
+    for statement, following in zip(body, body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[statement.target.id] = following.value.value
+    return docs
+
+
+_FIELD_DOCS = _field_docs()

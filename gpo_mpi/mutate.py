@@ -1,0 +1,211 @@
+"""MUTATE: policy-gradient steps on one member, with optional data sharing.
+
+Plain functions on torch modules and numpy batches; no MPI. A member's
+update may read the batches of other members (component M): their samples
+are importance-weighted by pi_i(a|s) / pi_j_old(a|s) and their advantages
+come from the learner's own critic. Joint's data-parallel update passes a
+`reduce_gradients` callback that sums gradients over ranks.
+
+PPO maximizes E[ratio * A] - beta * KL[pi_old || pi] (the adaptive-KL
+objective of the paper), A2C takes one gradient step on E[ratio * A],
+whose gradient at the behaviour policy is E[grad log pi * A].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import kernels
+from .config import RunConfig
+from .networks import Critic, GaussianPolicy
+from .rollout import Batch
+
+
+def importance_ratios(log_probs_learner: torch.Tensor, log_probs_behaviour: torch.Tensor) -> torch.Tensor:
+    """pi_learner(a|s) / pi_behaviour(a|s); exactly 1 where the learner is the behaviour policy."""
+    return torch.exp(log_probs_learner - log_probs_behaviour)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
+    """KL[p || q] per row for diagonal Gaussians, differentiable (torch twin of kernels.diag_gaussian_kl)."""
+    return (log_std_q - log_std_p + (torch.exp(2 * log_std_p) + (mean_p - mean_q) ** 2)
+            / (2 * torch.exp(2 * log_std_q)) - 0.5).sum(-1)
+
+
+def ppo_loss(ratios: torch.Tensor, advantages: torch.Tensor, kl_old_new: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative adaptive-KL PPO objective: -(mean(ratio * A) - beta * mean(KL[pi_old || pi])).
+
+    The KL is taken over the learner's own states only (a minibatch may
+    hold none of them when it learns from others' batches).
+    """
+    penalty = kl_old_new.mean() if kl_old_new.numel() else kl_old_new.sum()
+    return -(ratios * advantages).mean() + beta * penalty
+
+
+def a2c_loss(ratios: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Negative importance-weighted policy-gradient objective -mean(ratio * A)."""
+    return -(ratios * advantages).mean()
+
+
+def kl_matrix(means: np.ndarray, log_stds: np.ndarray) -> np.ndarray:
+    """KL[pi_i || pi_j] averaged over shared states, for every pair of members.
+
+    `means` is (members, states, act_dim): every member's mean action on the
+    same states; `log_stds` is (members, act_dim). Uses the C++ KL kernel.
+    """
+    n_members = len(means)
+    matrix = np.zeros((n_members, n_members))
+    for i in range(n_members):
+        for j in range(n_members):
+            if i != j:
+                matrix[i, j] = kernels.diag_gaussian_kl(means[i], log_stds[i], means[j], log_stds[j]).mean()
+    return matrix
+
+
+def share_sets(kl: np.ndarray, epsilon: float) -> list[np.ndarray]:
+    """S_i = {j : KL[pi_i, pi_j] < epsilon}, always holding i itself."""
+    return [np.flatnonzero((row < epsilon) | (np.arange(len(row)) == i)) for i, row in enumerate(kl)]
+
+
+def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
+    """The paper's rule: double beta above 1.5 x target, halve it below target / 1.5."""
+    if kl > 1.5 * kl_target:
+        return beta * 2.0
+    if kl < kl_target / 1.5:
+        return beta / 2.0
+    return beta
+
+
+@dataclass
+class Member:
+    """One population member: its networks, optimizers and penalty weight."""
+    index: int
+    policy: GaussianPolicy
+    critic: Critic
+    policy_optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer
+    beta: float
+    generator: torch.Generator  # minibatch order
+
+    @classmethod
+    def create(cls, index: int, obs_dim: int, act_dim: int, config: RunConfig, seed: int) -> "Member":
+        torch.manual_seed(seed)
+        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
+        critic = Critic(obs_dim, config.critic_hidden)
+        return cls(index=index, policy=policy, critic=critic,
+                   policy_optimizer=torch.optim.Adam(policy.parameters(), lr=config.policy_lr),
+                   critic_optimizer=torch.optim.Adam(critic.parameters(), lr=config.critic_lr),
+                   beta=config.initial_beta, generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class PooledData:
+    """The learner's view of the batches it learns from, as tensors."""
+    obs: torch.Tensor
+    actions: torch.Tensor
+    behaviour_log_probs: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    own: torch.Tensor  # bool: rows from the learner's own batch
+
+
+def pool_batches(critic: Critic, batches: Sequence[Batch], own_index: int, config: RunConfig) -> PooledData:
+    """Concatenate batches and compute advantages with the learner's critic (C++ GAE).
+
+    Each batch ends with a cut (its last step is flagged truncated), so one
+    GAE call over the concatenation never lets advantage flow between batches.
+    """
+    def cat(name):
+        return np.concatenate([getattr(b, name) for b in batches])
+
+    obs, next_obs = cat("obs"), cat("next_obs")
+    with torch.no_grad():
+        values = critic(torch.from_numpy(obs)).numpy()
+        next_values = critic(torch.from_numpy(next_obs)).numpy()
+    advantages = kernels.gae(cat("rewards"), values, next_values, cat("terminated"), cat("truncated"),
+                             config.gamma, config.gae_lambda)
+    returns = advantages + values
+    own = np.concatenate([np.full(b.n_steps, i == own_index) for i, b in enumerate(batches)])
+    if config.normalize_advantages and len(advantages) > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    return PooledData(obs=torch.from_numpy(obs), actions=torch.from_numpy(cat("actions")),
+                      behaviour_log_probs=torch.from_numpy(cat("log_probs")),
+                      advantages=torch.from_numpy(advantages.astype(np.float32)),
+                      returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own))
+
+
+def _minibatches(n_rows: int, size: int, generator: torch.Generator):
+    """Index tensors covering a random permutation of the rows; size 0 means all rows at once."""
+    if size == 0 or size >= n_rows:
+        yield torch.arange(n_rows)
+        return
+    order = torch.randperm(n_rows, generator=generator)
+    for start in range(0, n_rows - size + 1, size):
+        yield order[start:start + size]
+
+
+def _step(optimizer: torch.optim.Optimizer, parameters, loss: torch.Tensor, max_grad_norm: float,
+          reduce_gradients: Callable | None) -> None:
+    optimizer.zero_grad()
+    loss.backward()
+    if reduce_gradients is not None:
+        reduce_gradients(parameters)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    optimizer.step()
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    critic_loss: float
+    kl: float          # mean KL[pi_old || pi_new] on the learner's own states
+    beta: float        # after adaptation
+
+
+def update(member: Member, data: PooledData, config: RunConfig,
+           reduce_gradients: Callable | None = None, reduce_mean: Callable | None = None) -> UpdateStats:
+    """One policy-gradient iteration (PPO or A2C) and the critic's fit.
+
+    `reduce_gradients(parameters)` (Joint's data parallelism) replaces each
+    gradient by its mean over ranks; `reduce_mean(x)` averages a float.
+    """
+    policy, critic = member.policy, member.critic
+    policy_parameters = list(policy.parameters())
+    with torch.no_grad():
+        old_mean, old_log_std = policy(data.obs)
+
+    if config.mutation == "ppo":
+        epochs, minibatch, beta = config.policy_epochs, config.policy_minibatch, member.beta
+    else:
+        epochs, minibatch, beta = 1, 0, 0.0
+    for _ in range(epochs):
+        for rows in _minibatches(len(data.obs), minibatch, member.generator):
+            mean, log_std = policy(data.obs[rows])
+            log_probs = torch.distributions.Normal(mean, log_std.exp()).log_prob(data.actions[rows]).sum(-1)
+            ratios = importance_ratios(log_probs, data.behaviour_log_probs[rows])
+            if config.mutation == "ppo":
+                own = data.own[rows]
+                kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
+                loss = ppo_loss(ratios, data.advantages[rows], kl, beta)
+            else:
+                loss = a2c_loss(ratios, data.advantages[rows])
+            _step(member.policy_optimizer, policy_parameters, loss, config.max_grad_norm, reduce_gradients)
+
+    critic_parameters = list(critic.parameters())
+    for _ in range(config.critic_epochs):
+        for rows in _minibatches(len(data.obs), config.critic_minibatch, member.generator):
+            critic_loss = ((critic(data.obs[rows]) - data.returns[rows]) ** 2).mean()
+            _step(member.critic_optimizer, critic_parameters, critic_loss, config.max_grad_norm, reduce_gradients)
+
+    with torch.no_grad():
+        new_mean, new_log_std = policy(data.obs[data.own])
+        kl = float(gaussian_kl(old_mean[data.own], old_log_std, new_mean, new_log_std).mean())
+    if reduce_mean is not None:
+        kl = reduce_mean(kl)
+    if config.mutation == "ppo":
+        member.beta = adapt_beta(member.beta, kl, config.kl_target)
+    return UpdateStats(policy_loss=float(loss.detach()), critic_loss=float(critic_loss.detach()), kl=kl, beta=member.beta)

@@ -1,0 +1,91 @@
+"""The networks of SPEC.md: Gaussian MLP policy and MLP critic, all tanh.
+
+Parameters travel between ranks as one flat float32 vector
+(`flat_parameters` / `load_flat_parameters`), never as pickled state dicts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mlp(in_size: int, hidden: Sequence[int], out_size: int, out_gain: float) -> nn.Sequential:
+    """tanh MLP with orthogonal weights and zero biases; `out_gain` scales the
+    last layer (small for the policy mean, so early actions stay near 0)."""
+    sizes = [in_size, *hidden, out_size]
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        is_last = index == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, gain=out_gain if is_last else math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not is_last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """pi(a|s) = N(mean(s), diag(exp(log_std))^2) with a state-independent log-std."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (64, 64), init_log_std: float = 0.0):
+        super().__init__()
+        self.mean_net = mlp(obs_dim, hidden, act_dim, out_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (batch, act_dim) and log-std (act_dim,)."""
+        return self.mean_net(obs), self.log_std
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
+        mean, log_std = self(obs)
+        return torch.distributions.Normal(mean, log_std.exp())
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s) summed over action dimensions, one value per row."""
+        return self.distribution(obs).log_prob(actions).sum(-1)
+
+    def numpy_mean(self):
+        """A function obs -> mean action computed with numpy copies of the
+        current weights: per environment step it costs a quarter of a torch
+        forward, which matters when the policy is queried ~1M times a run.
+        Take a new one after every update."""
+        linears = [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+                   for layer in self.mean_net if isinstance(layer, nn.Linear)]
+
+        def mean(obs: np.ndarray) -> np.ndarray:
+            hidden = obs
+            for weight, bias in linears[:-1]:
+                hidden = np.tanh(hidden @ weight + bias)
+            weight, bias = linears[-1]
+            return hidden @ weight + bias
+
+        return mean
+
+
+class Critic(nn.Module):
+    """V(s) as a tanh MLP."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (32, 32)):
+        super().__init__()
+        self.value_net = mlp(obs_dim, hidden, 1, out_gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_net(obs).squeeze(-1)
+
+
+def flat_parameters(module: nn.Module) -> np.ndarray:
+    """All parameters as one float32 vector (a copy), in registration order."""
+    return nn.utils.parameters_to_vector(module.parameters()).detach().numpy().astype(np.float32, copy=True)
+
+
+def load_flat_parameters(module: nn.Module, vector: np.ndarray) -> None:
+    """Inverse of flat_parameters."""
+    expected = sum(p.numel() for p in module.parameters())
+    if vector.shape != (expected,):
+        raise ValueError(f"flat parameter vector has shape {vector.shape}, the module needs ({expected},)")
+    nn.utils.vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), module.parameters())

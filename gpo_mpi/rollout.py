@@ -1,0 +1,216 @@
+"""Sampling: environments, shared observation normalization, and batches.
+
+A member steps `n_envs` copies of its environment side by side (gymnasium's
+SyncVectorEnv, same-step autoreset so the final observation of an episode
+comes back in the step that ends it) with one policy forward per step.
+Time limits are truncations. A batch stores *normalized* observations, so
+that every member that reads it sees the same states the sampler saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .networks import GaussianPolicy
+
+
+class EnvironmentError_(ValueError):
+    """The environment cannot be used (unknown id, discrete actions, non-finite data)."""
+
+
+def make_env(env_id: str, horizon: int = 0) -> gym.Env:
+    """One environment; `horizon` > 0 replaces its time limit."""
+    try:
+        env = gym.make(env_id, max_episode_steps=horizon or None)
+    except gym.error.Error as error:
+        raise EnvironmentError_(f"cannot make environment {env_id!r}: {error}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        env.close()
+        raise EnvironmentError_(f"environment {env_id!r} has a {type(env.action_space).__name__} action space; "
+                                "gpo-mpi needs a continuous (Box) one")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise EnvironmentError_(f"environment {env_id!r} must have flat Box observations")
+    return env
+
+
+def space_sizes(env_id: str, horizon: int = 0) -> tuple[int, int]:
+    """(obs_dim, act_dim) of an environment."""
+    env = make_env(env_id, horizon)
+    sizes = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    return sizes
+
+
+class Batch(NamedTuple):
+    """One member's rollout of `n_envs` columns of equal length, concatenated
+    column after column. Every array has one row per environment step."""
+    obs: np.ndarray          # (T, obs_dim) float32, normalized as sampled
+    actions: np.ndarray      # (T, act_dim) float32, as sent to the environment (unclipped)
+    log_probs: np.ndarray    # (T,) float32, log pi_behaviour(a|s)
+    rewards: np.ndarray      # (T,) float32
+    next_obs: np.ndarray     # (T, obs_dim) float32, normalized; the final observation where an episode ended
+    terminated: np.ndarray   # (T,) bool
+    truncated: np.ndarray    # (T,) bool, time limits and the end of each column (the batch cut)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.rewards)
+
+    def to_rows(self) -> np.ndarray:
+        """Every field side by side in one float32 matrix, to move with one collective."""
+        return np.concatenate([self.obs, self.next_obs, self.actions, self.log_probs[:, None], self.rewards[:, None],
+                               self.terminated[:, None], self.truncated[:, None]], axis=1, dtype=np.float32)
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, obs_dim: int) -> "Batch":
+        """Inverse of to_rows."""
+        act_end = rows.shape[1] - 4
+        return cls(obs=rows[:, :obs_dim], next_obs=rows[:, obs_dim:2 * obs_dim],
+                   actions=rows[:, 2 * obs_dim:act_end], log_probs=rows[:, act_end], rewards=rows[:, act_end + 1],
+                   terminated=rows[:, act_end + 2] > 0.5, truncated=rows[:, act_end + 3] > 0.5)
+
+
+class ObsNormalizer:
+    """Running mean and variance of observations, the same on every rank.
+
+    Statistics change only through `update_from_sums`, fed with sums that
+    the caller has added up over every member of the population, so all
+    members normalize alike.
+    """
+
+    def __init__(self, obs_dim: int, clip: float, enabled: bool = True):
+        self.mean = np.zeros(obs_dim)
+        self.var = np.ones(obs_dim)
+        self.count = 0.0
+        self.clip = clip
+        self.enabled = enabled
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return obs.astype(np.float32)
+        normalized = (obs - self.mean) / np.sqrt(self.var + 1e-8)
+        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    @staticmethod
+    def sums(raw_obs: np.ndarray) -> np.ndarray:
+        """[count, sum, sum of squares] of a block of raw observations, to add over ranks."""
+        raw_obs = raw_obs.astype(np.float64)
+        return np.concatenate([[len(raw_obs)], raw_obs.sum(0), (raw_obs ** 2).sum(0)])
+
+    def update_from_sums(self, sums: np.ndarray) -> None:
+        """Merge a population-wide block of observations (Chan et al.'s parallel update)."""
+        if not self.enabled:
+            return
+        obs_dim = len(self.mean)
+        count, total, total_sq = sums[0], sums[1:1 + obs_dim], sums[1 + obs_dim:]
+        if count == 0:
+            return
+        batch_mean = total / count
+        batch_var = np.maximum(total_sq / count - batch_mean ** 2, 0.0)
+        new_count = self.count + count
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * count / new_count
+        self.var = (self.var * self.count + batch_var * count + delta ** 2 * self.count * count / new_count) / new_count
+        self.count = new_count
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([[self.count], self.mean, self.var])
+
+    def load_state(self, state: np.ndarray) -> None:
+        obs_dim = len(self.mean)
+        self.count, self.mean, self.var = float(state[0]), state[1:1 + obs_dim].copy(), state[1 + obs_dim:].copy()
+
+
+@dataclass
+class EpisodeLog:
+    """Returns and lengths of the episodes a sampler finished."""
+    returns: list
+    lengths: list
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """The episodes finished since the last call."""
+        returns, lengths = np.array(self.returns), np.array(self.lengths, dtype=np.int64)
+        self.returns.clear()
+        self.lengths.clear()
+        return returns, lengths
+
+
+class Sampler:
+    """Steps one member's environments with its policy."""
+
+    def __init__(self, env_id: str, n_envs: int, horizon: int, seed: int, member_name: str):
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: make_env(env_id, horizon) for _ in range(n_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
+        self.env_id = env_id
+        self.member_name = member_name
+        self.n_envs = n_envs
+        self.raw_obs, _ = self.envs.reset(seed=seed)
+        self.action_rng = np.random.default_rng(seed)
+        self.running_return = np.zeros(n_envs)
+        self.running_length = np.zeros(n_envs, dtype=np.int64)
+        self.episodes = EpisodeLog([], [])
+
+    def _check_finite(self, what: str, values: np.ndarray) -> None:
+        if not np.all(np.isfinite(values)):
+            raise EnvironmentError_(f"{self.member_name}: environment {self.env_id} returned non-finite {what}")
+
+    def sample(self, policy: GaussianPolicy, normalizer: ObsNormalizer, n_steps: int) -> tuple[Batch, np.ndarray]:
+        """`n_steps` steps (a multiple of n_envs) with the policy's current weights.
+
+        Returns the batch and the raw observations it saw (for the
+        population-wide normalization statistics).
+        """
+        columns = self.n_envs
+        length = n_steps // columns
+        obs_dim = self.raw_obs.shape[1]
+        act_dim = policy.log_std.shape[0]
+        raw_obs = np.empty((length, columns, obs_dim))
+        obs = np.empty((length, columns, obs_dim), dtype=np.float32)
+        raw_next_obs = np.empty((length, columns, obs_dim))
+        actions = np.empty((length, columns, act_dim), dtype=np.float32)
+        rewards = np.empty((length, columns), dtype=np.float32)
+        terminated = np.empty((length, columns), dtype=bool)
+        truncated = np.empty((length, columns), dtype=bool)
+
+        policy_mean = policy.numpy_mean()
+        std = policy.log_std.detach().exp().numpy()
+        for t in range(length):
+            obs[t] = normalizer(self.raw_obs)
+            raw_obs[t] = self.raw_obs
+            actions[t] = policy_mean(obs[t]) + std * self.action_rng.standard_normal((columns, act_dim))
+            next_obs, reward, is_terminal, is_truncated, info = self.envs.step(actions[t])
+            rewards[t], terminated[t], truncated[t] = reward, is_terminal, is_truncated
+            raw_next_obs[t] = next_obs
+            self.running_return += reward
+            self.running_length += 1
+            ended = is_terminal | is_truncated
+            if ended.any():  # same-step autoreset: next_obs already holds the reset observation
+                raw_next_obs[t, ended] = np.stack(info["final_obs"][ended])
+                self.episodes.returns.extend(self.running_return[ended].tolist())
+                self.episodes.lengths.extend(self.running_length[ended].tolist())
+                self.running_return[ended] = 0.0
+                self.running_length[ended] = 0
+            self.raw_obs = next_obs
+        truncated[-1] = True  # each column ends at the batch cut
+
+        self._check_finite("observations", raw_next_obs)
+        self._check_finite("rewards", rewards)
+
+        def column_major(array):  # (length, columns, ...) -> (columns * length, ...)
+            return np.ascontiguousarray(array.swapaxes(0, 1).reshape((columns * length,) + array.shape[2:]))
+
+        obs_norm = column_major(obs)
+        actions_flat = column_major(actions)
+        with torch.no_grad():
+            log_probs = policy.log_prob(torch.from_numpy(obs_norm), torch.from_numpy(actions_flat)).numpy()
+        batch = Batch(obs=obs_norm, actions=actions_flat, log_probs=log_probs, rewards=column_major(rewards),
+                      next_obs=normalizer(column_major(raw_next_obs)), terminated=column_major(terminated),
+                      truncated=column_major(truncated))
+        return batch, raw_obs.reshape(-1, obs_dim)

@@ -1,0 +1,75 @@
+"""The HDF5 run file, written by rank 0 only.
+
+Layout (m = number of policies: the population, or 1 for Joint; I iterations and R rounds so far):
+
+    /                      attrs: format, format_version, gpo_mpi_version, config (JSON), n_ranks
+    /config                attrs: one per config field
+    /iterations/env_steps        (I,)      int64    environment steps of the whole run after the iteration
+    /iterations/wall_time        (I,)      float64  seconds since the run started
+    /iterations/round            (I,)      int64    GPO round of the iteration
+    /iterations/member_return    (I, m)    float64  mean return of each member's last 10 training episodes (NaN before its first)
+    /iterations/member_episodes  (I, m)    int64    training episodes each member finished in the iteration
+    /iterations/beta             (I, m)    float64  PPO KL-penalty weight after the iteration
+    /iterations/policy_kl        (I, m)    float64  KL[pi_old || pi_new] of the iteration's update
+    /rounds/kl_matrix            (R, m, m) float64  KL[pi_i || pi_j] on shared states at the round's start (gpo)
+    /rounds/share_set_sizes      (R, m)    int64    |S_i| of data sharing in the round (gpo)
+    /final/policy_parameters     (m, P)    float32  each member's flat policy parameters at the end
+
+Rows are appended and flushed as the run goes, so a running or killed
+run's file can be read with h5py (or `gpo-mpi info`).
+"""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .config import RunConfig, to_dict
+
+FORMAT = "gpo-mpi run file"
+FORMAT_VERSION = 1
+
+
+class RunFileWriter:
+    def __init__(self, path: str, config: RunConfig, n_ranks: int):
+        self.file = h5py.File(path, "w")
+        self.file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
+                               config=json.dumps(to_dict(config)), n_ranks=n_ranks)
+        config_group = self.file.create_group("config")
+        for name, value in to_dict(config).items():
+            config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
+        m = config.n_policies
+        self._growing = {
+            "iterations/env_steps": ((), np.int64), "iterations/wall_time": ((), np.float64),
+            "iterations/round": ((), np.int64), "iterations/member_return": ((m,), np.float64),
+            "iterations/member_episodes": ((m,), np.int64), "iterations/beta": ((m,), np.float64),
+            "iterations/policy_kl": ((m,), np.float64), "rounds/kl_matrix": ((m, m), np.float64),
+            "rounds/share_set_sizes": ((m,), np.int64),
+        }
+        for name, (row_shape, dtype) in self._growing.items():
+            self.file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
+                                     chunks=(64,) + row_shape)
+
+    def append(self, **rows) -> None:
+        """Append one row to each named dataset (`iterations/beta=...` spelled `iterations__beta`)."""
+        for key, row in rows.items():
+            dataset = self.file[key.replace("__", "/")]
+            dataset.resize(len(dataset) + 1, axis=0)
+            dataset[-1] = row
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def write_final(self, policy_parameters: np.ndarray) -> None:
+        self.file.create_dataset("final/policy_parameters", data=policy_parameters)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_config(path: str) -> dict:
+    """The resolved config stored in a run file."""
+    with h5py.File(path, "r") as handle:
+        return json.loads(handle.attrs["config"])

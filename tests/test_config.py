@@ -1,0 +1,89 @@
+"""The typed config: defaults, presets, TOML, flags, and validation."""
+import argparse
+
+import pytest
+
+from gpo_mpi import config
+from gpo_mpi.config import ConfigError, RunConfig
+
+
+def parse(argv, n_ranks=1):
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.from_arguments(parser.parse_args(argv), n_ranks)
+
+
+def test_defaults_follow_the_paper_and_population_follows_ranks():
+    run = parse([], n_ranks=4)
+    assert (run.env, run.algo, run.mutation, run.population) == ("Hopper-v5", "gpo", "ppo", 4)
+    assert (run.batch_steps, run.gamma, run.rounds, run.total_steps) == (2048, 0.99, 12, 8_000_000)
+    assert (run.policy_hidden, run.critic_hidden) == ((64, 64), (32, 32))
+
+
+def test_every_field_has_a_docstring_and_a_flag():
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    flags = {action.dest for action in parser._actions}
+    for field in config.fields(RunConfig):
+        assert config._FIELD_DOCS.get(field.name), f"{field.name} has no docstring"
+        assert field.name in flags
+
+
+def test_flags_override_toml_which_overrides_preset(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('env = "Walker2d-v5"\nbatch_steps = 1024\nhorizon = 300\npolicy_hidden = [32, 16]\n'
+                    'policy_lr = 1\n')
+    run = parse(["--preset", "paper", "--config", str(toml), "--batch-steps", "512", "--no-normalize-advantages"])
+    assert run.env == "Walker2d-v5"
+    assert run.batch_steps == 512           # flag beats file
+    assert run.horizon == 300               # file beats preset (paper: 512)
+    assert run.policy_minibatch == 0        # from the preset
+    assert run.policy_hidden == (32, 16)
+    assert run.policy_lr == 1.0 and isinstance(run.policy_lr, float)
+    assert run.normalize_advantages is False
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_stepz = 5\n", "unknown field(s) batch_stepz"),
+    ('batch_steps = "big"\n', "batch_steps must be an integer"),
+    ("policy_lr = true\n", "policy_lr must be a number"),
+    ('algo = "neat"\n', "algo must be one of 'gpo', 'single', 'joint'"),
+    ("policy_hidden = [64, 6.5]\n", "policy_hidden must be a list of integers"),
+    ("batch_steps = \n", "is not valid TOML"),
+])
+def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        parse(["--config", str(toml)])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("argv, n_ranks, message", [
+    (["--total-steps", "0"], 1, "total_steps must be positive"),
+    (["--batch-steps", "-5"], 1, "batch_steps must be positive"),
+    (["--population", "3"], 2, "population (3) must be a whole multiple of the number of ranks (2)"),
+    (["--population", "-2"], 1, "population must be positive"),
+    (["--gamma", "1.5"], 1, "gamma must lie in [0, 1]"),
+    (["--policy-lr", "nan"], 1, "policy_lr must be a positive number"),
+    (["--batch-steps", "100", "--n-envs", "3"], 1, "must be a multiple of n_envs"),
+    (["--total-steps", "1000"], 1, "less than one iteration"),
+    (["--algo", "joint", "--population", "1", "--batch-steps", "100"], 3, "must split evenly over 3 ranks"),
+    (["--config", "/nonexistent.toml"], 1, "does not exist"),
+])
+def test_bad_values_are_rejected(argv, n_ranks, message):
+    with pytest.raises(ConfigError) as error:
+        parse(argv, n_ranks)
+    assert message in str(error.value)
+
+
+def test_population_may_be_a_multiple_of_the_ranks():
+    run = parse(["--population", "8"], n_ranks=4)
+    assert run.local_members(4) == 2
+    assert parse(["--algo", "joint", "--population", "3"], n_ranks=2).local_members(2) == 1
+
+
+def test_iterations_fit_the_budget():
+    run = parse(["--population", "2", "--total-steps", "10000"], n_ranks=1)
+    assert run.steps_per_iteration == 4096 and run.iterations == 2

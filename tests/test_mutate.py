@@ -1,0 +1,140 @@
+"""MUTATE in one process: losses, the beta rule, importance weights, KL matrix, pooling."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gpo_mpi import kernels
+from gpo_mpi.config import RunConfig
+from gpo_mpi.mutate import (Member, a2c_loss, adapt_beta, gaussian_kl, importance_ratios, kl_matrix,
+                            pool_batches, ppo_loss, share_sets, update)
+from gpo_mpi.networks import Critic, GaussianPolicy
+from gpo_mpi.rollout import ObsNormalizer, Sampler
+
+CONFIG = RunConfig(population=1, total_steps=10_000, batch_steps=64)
+
+
+def sampled_batch(policy, seed=0, steps=64, env_id="Pendulum-v1"):
+    sampler = Sampler(env_id, 1, 20, seed, f"member {seed}")
+    return sampler.sample(policy, ObsNormalizer(3, 10.0), steps)[0]
+
+
+def test_ppo_and_a2c_losses_hand_computed():
+    ratios = torch.tensor([1.0, 2.0])
+    advantages = torch.tensor([1.0, -1.0])
+    kl = torch.tensor([0.1, 0.3])
+    # -(mean(1 * 1, 2 * -1)) + 2 * mean(0.1, 0.3) = 0.5 + 0.4
+    assert ppo_loss(ratios, advantages, kl, beta=2.0).item() == pytest.approx(0.9)
+    assert ppo_loss(ratios, advantages, kl[:0], beta=2.0).item() == pytest.approx(0.5)  # no own states
+    assert a2c_loss(ratios, advantages).item() == pytest.approx(0.5)
+
+
+def test_a2c_gradient_at_the_behaviour_policy_is_the_score_function_gradient():
+    torch.manual_seed(0)
+    policy = GaussianPolicy(3, 1)
+    batch = sampled_batch(policy)
+    obs, actions = torch.from_numpy(batch.obs), torch.from_numpy(batch.actions)
+    advantages = torch.randn(len(obs))
+    log_probs = policy.log_prob(obs, actions)
+    a2c_gradient = torch.autograd.grad(a2c_loss(importance_ratios(log_probs, log_probs.detach()), advantages),
+                                       policy.log_std)[0]
+    score_gradient = torch.autograd.grad(-(policy.log_prob(obs, actions) * advantages).mean(), policy.log_std)[0]
+    torch.testing.assert_close(a2c_gradient, score_gradient)
+
+
+@pytest.mark.parametrize("kl, expected", [(0.02, 2.0), (0.0151, 2.0), (0.015, 1.0), (0.01, 1.0),
+                                          (0.0067, 1.0), (0.0066, 0.5), (0.0, 0.5)])
+def test_adaptive_beta_rule(kl, expected):
+    assert adapt_beta(1.0, kl, kl_target=0.01) == expected
+
+
+def test_importance_weights_are_one_for_the_behaviour_policy():
+    torch.manual_seed(1)
+    policy = GaussianPolicy(3, 1)
+    batch = sampled_batch(policy)
+    with torch.no_grad():
+        ratios = importance_ratios(policy.log_prob(torch.from_numpy(batch.obs), torch.from_numpy(batch.actions)),
+                                   torch.from_numpy(batch.log_probs))
+    torch.testing.assert_close(ratios, torch.ones_like(ratios))
+    other = GaussianPolicy(3, 1)
+    with torch.no_grad():
+        other_ratios = importance_ratios(other.log_prob(torch.from_numpy(batch.obs),
+                                                        torch.from_numpy(batch.actions)),
+                                         torch.from_numpy(batch.log_probs))
+    assert not torch.allclose(other_ratios, torch.ones_like(other_ratios))
+
+
+def test_torch_kl_matches_the_kernel():
+    rng = np.random.default_rng(0)
+    mean_p, mean_q = rng.normal(size=(2, 30, 4))
+    log_std_p, log_std_q = rng.normal(size=(2, 4))
+    torch_kl = gaussian_kl(*(torch.from_numpy(a) for a in (mean_p, log_std_p, mean_q, log_std_q)))
+    np.testing.assert_allclose(torch_kl.numpy(), kernels.diag_gaussian_kl(mean_p, log_std_p, mean_q, log_std_q),
+                               rtol=1e-12)
+
+
+def test_kl_matrix_zero_diagonal_and_closed_form():
+    rng = np.random.default_rng(3)
+    means = rng.normal(size=(3, 50, 2))
+    log_stds = 0.3 * rng.normal(size=(3, 2))
+    matrix = kl_matrix(means, log_stds)
+    np.testing.assert_array_equal(np.diag(matrix), 0.0)
+    for i in range(3):
+        for j in range(3):
+            p = torch.distributions.Normal(torch.from_numpy(means[i]), torch.from_numpy(np.exp(log_stds[i])))
+            q = torch.distributions.Normal(torch.from_numpy(means[j]), torch.from_numpy(np.exp(log_stds[j])))
+            expected = torch.distributions.kl_divergence(p, q).sum(-1).mean().item()
+            assert matrix[i, j] == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert matrix[0, 1] != pytest.approx(matrix[1, 0])  # KL is not symmetric
+
+
+def test_share_sets():
+    kl = np.array([[0.0, 0.05, 0.5], [0.2, 0.0, 0.01], [0.3, 0.02, 0.0]])
+    assert [list(s) for s in share_sets(kl, 0.1)] == [[0, 1], [1, 2], [1, 2]]
+    assert [list(s) for s in share_sets(kl, np.inf)] == [[0, 1, 2]] * 3
+    assert [list(s) for s in share_sets(kl, 0.0)] == [[0], [1], [2]]
+
+
+def test_pooled_advantages_come_from_the_learners_critic_batch_by_batch():
+    torch.manual_seed(2)
+    config = dataclasses.replace(CONFIG, normalize_advantages=False)
+    batches = [sampled_batch(GaussianPolicy(3, 1), seed=s) for s in (0, 1)]
+    critic = Critic(3)
+    pooled = pool_batches(critic, batches, own_index=1, config=config)
+    expected = []
+    for batch in batches:
+        with torch.no_grad():
+            values = critic(torch.from_numpy(batch.obs)).numpy()
+            next_values = critic(torch.from_numpy(batch.next_obs)).numpy()
+        expected.append(kernels.gae(batch.rewards, values, next_values, batch.terminated, batch.truncated,
+                                    config.gamma, config.gae_lambda))
+        expected_returns = expected[-1] + values
+    np.testing.assert_allclose(pooled.advantages.numpy(), np.concatenate(expected), rtol=1e-6)
+    np.testing.assert_allclose(pooled.returns.numpy()[64:], expected_returns, rtol=1e-6)
+    np.testing.assert_array_equal(pooled.own.numpy(), np.arange(128) >= 64)
+    np.testing.assert_array_equal(pooled.behaviour_log_probs.numpy()[:64], batches[0].log_probs)
+
+
+@pytest.mark.parametrize("mutation", ["ppo", "a2c"])
+def test_update_improves_the_surrogate_and_adapts_beta(mutation):
+    config = dataclasses.replace(CONFIG, mutation=mutation, policy_lr=1e-3, policy_minibatch=0)
+    member = Member.create(0, 3, 1, config, seed=4)
+    batch = sampled_batch(member.policy, steps=256)
+    data = pool_batches(member.critic, [batch], 0, config)
+
+    def surrogate():
+        with torch.no_grad():
+            log_probs = member.policy.log_prob(data.obs, data.actions)
+            return (importance_ratios(log_probs, data.behaviour_log_probs) * data.advantages).mean().item()
+
+    before = surrogate()
+    critic_error_before = ((member.critic(data.obs) - data.returns) ** 2).mean().item()
+    stats = update(member, data, config)
+    assert surrogate() > before
+    assert ((member.critic(data.obs) - data.returns) ** 2).mean().item() < critic_error_before
+    assert stats.kl > 0
+    if mutation == "ppo":
+        assert stats.beta == adapt_beta(config.initial_beta, stats.kl, config.kl_target) == member.beta
+    else:
+        assert stats.beta == config.initial_beta  # A2C has no penalty to adapt

@@ -1,0 +1,82 @@
+"""Whole runs of the gpo-mpi command under mpiexec, read back from their run files."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from test_cli import gpo_mpi_command
+
+TINY = ["--env", "Pendulum-v1", "--horizon", "20", "--batch-steps", "64", "--n-envs", "2",
+        "--policy-minibatch", "32", "--critic-minibatch", "32"]
+
+
+def run(mpirun, n_ranks, out, *arguments, timeout=240):
+    result = mpirun(n_ranks, [gpo_mpi_command(), *TINY, "--out", str(out), *arguments], timeout=timeout)
+    return result
+
+
+def test_single_run_file_layout(mpirun, tmp_path):
+    out = tmp_path / "single.h5"
+    result = run(mpirun, 2, out, "--algo", "single", "--population", "2", "--total-steps", "384")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("iter")]
+    assert len(lines) == 3 and "steps        384" in lines[-1]  # one progress line per iteration, rank 0 only
+    with h5py.File(out) as run_file:
+        assert run_file.attrs["format"] == "gpo-mpi run file"
+        config = json.loads(run_file.attrs["config"])
+        assert (config["algo"], config["population"], config["batch_steps"]) == ("single", 2, 64)
+        assert run_file["config"].attrs["env"] == "Pendulum-v1"
+        np.testing.assert_array_equal(run_file["iterations/env_steps"][:], [128, 256, 384])
+        returns = run_file["iterations/member_return"][:]
+        assert returns.shape == (3, 2) and np.all(np.isfinite(returns)) and np.all(returns < 0)  # Pendulum
+        # each of a member's 2 envs steps 32 per iteration; 20-step episodes end at 20 | 40, 60 | 80
+        np.testing.assert_array_equal(run_file["iterations/member_episodes"][:], [[2, 2], [4, 4], [2, 2]])
+        assert np.all(run_file["iterations/beta"][:] > 0)
+        assert run_file["rounds/kl_matrix"].shape == (0, 2, 2)  # no sharing in Single
+        assert run_file["final/policy_parameters"].shape == (2, 3 * 64 + 64 + 64 * 64 + 64 + 64 + 1 + 1)
+        assert not np.array_equal(*run_file["final/policy_parameters"][:])
+
+
+def test_gpo_sharing_run_matches_one_process(mpirun, tmp_path):
+    """Population 4 with everyone sharing: on 1, 2 and 4 ranks, the same run."""
+    results = {}
+    for n_ranks in (1, 2, 4):
+        out = tmp_path / f"gpo{n_ranks}.h5"
+        result = run(mpirun, n_ranks, out, "--algo", "gpo", "--population", "4", "--total-steps", "512",
+                     "--rounds", "1", "--share-epsilon", "inf")
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as run_file:
+            results[n_ranks] = {name: run_file[name][:] for name in
+                                ("final/policy_parameters", "rounds/share_set_sizes", "rounds/kl_matrix",
+                                 "iterations/member_return")}
+    np.testing.assert_array_equal(results[1]["rounds/share_set_sizes"], [[4, 4, 4, 4]])
+    for n_ranks in (2, 4):
+        for name, value in results[n_ranks].items():
+            np.testing.assert_allclose(value, results[1][name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_joint_spreads_one_policy_over_the_ranks(mpirun, tmp_path):
+    out = tmp_path / "joint.h5"
+    result = run(mpirun, 2, out, "--algo", "joint", "--population", "2", "--total-steps", "256")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as run_file:
+        np.testing.assert_array_equal(run_file["iterations/env_steps"][:], [128, 256])
+        assert run_file["final/policy_parameters"].shape[0] == 1
+        # both ranks' episodes land in the one policy's record: 2 ranks x 2 envs x (1 | 2)
+        np.testing.assert_array_equal(run_file["iterations/member_episodes"][:], [[4], [8]])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--env", "NoSuchEnv-v1"], "cannot make environment 'NoSuchEnv-v1'"),
+    (["--env", "CartPole-v1"], "has a Discrete action space"),
+    (["--population", "3"], "population (3) must be a whole multiple of the number of ranks (2)"),
+    (["--total-steps", "-1"], "total_steps must be positive"),
+])
+def test_bad_input_is_one_line_from_one_rank(mpirun, tmp_path, arguments, message):
+    out = tmp_path / "bad.h5"
+    result = mpirun(2, [gpo_mpi_command(), "--out", str(out), *arguments], timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("gpo-mpi: error: ") and message in errors[0], result.stderr
+    assert not out.exists()
