@@ -94,11 +94,12 @@ def run(config: RunConfig, comm) -> None:
     env_steps = 0
 
     for iteration in range(config.iterations):
-        round_index = iteration // iterations_per_round
+        round_index = min(iteration // iterations_per_round, config.rounds - 1)  # the last takes the remainder
+        starts_round = iteration == round_index * iterations_per_round
         sampled = [lm.sampler.sample(lm.member.policy, normalizer, steps_per_sampler) for lm in local]
         batches = [batch for batch, _ in sampled]
 
-        if config.algo == "gpo" and iteration % iterations_per_round == 0:
+        if config.algo == "gpo" and starts_round:
             kl = measure_kl_matrix(comm, local, batches, config, round_index)
             sets = share_sets(kl, config.share_epsilon)
             if writer:

@@ -20,7 +20,7 @@ import torch
 
 from . import kernels
 from .config import RunConfig
-from .networks import Critic, GaussianPolicy
+from .networks import Critic, GaussianPolicy, gaussian_log_prob
 from .rollout import Batch
 
 
@@ -96,8 +96,8 @@ class Member:
         policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
         critic = Critic(obs_dim, config.critic_hidden)
         return cls(index=index, policy=policy, critic=critic,
-                   policy_optimizer=torch.optim.Adam(policy.parameters(), lr=config.policy_lr),
-                   critic_optimizer=torch.optim.Adam(critic.parameters(), lr=config.critic_lr),
+                   policy_optimizer=torch.optim.Adam(policy.parameters(), lr=config.policy_lr, fused=True),
+                   critic_optimizer=torch.optim.Adam(critic.parameters(), lr=config.critic_lr, fused=True),
                    beta=config.initial_beta, generator=torch.Generator().manual_seed(seed))
 
 
@@ -147,15 +147,20 @@ def _minibatches(n_rows: int, size: int, generator: torch.Generator):
         yield order[start:start + size]
 
 
-def _step(optimizer: torch.optim.Optimizer, parameters, loss: torch.Tensor, max_grad_norm: float,
+def _step(optimizers, parameter_groups, loss: torch.Tensor, max_grad_norm: float,
           reduce_gradients: Callable | None) -> None:
-    optimizer.zero_grad()
+    """One gradient step of every network in `parameter_groups` on `loss`
+    (one backward pass), each network's gradient clipped on its own."""
+    for optimizer in optimizers:
+        optimizer.zero_grad()
     loss.backward()
-    if reduce_gradients is not None:
-        reduce_gradients(parameters)
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    optimizer.step()
+    for parameters in parameter_groups:
+        if reduce_gradients is not None:
+            reduce_gradients(parameters)
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    for optimizer in optimizers:
+        optimizer.step()
 
 
 @dataclass
@@ -170,36 +175,55 @@ def update(member: Member, data: PooledData, config: RunConfig,
            reduce_gradients: Callable | None = None, reduce_mean: Callable | None = None) -> UpdateStats:
     """One policy-gradient iteration (PPO or A2C) and the critic's fit.
 
+    PPO and critic share minibatches and one backward pass per minibatch
+    (half the autograd and optimizer overhead of two loops); A2C's single
+    full-batch policy step comes first, then the critic's epochs.
     `reduce_gradients(parameters)` (Joint's data parallelism) replaces each
     gradient by its mean over ranks; `reduce_mean(x)` averages a float.
     """
     policy, critic = member.policy, member.critic
-    policy_parameters = list(policy.parameters())
+    networks = [(member.policy_optimizer, list(policy.parameters())),
+                (member.critic_optimizer, list(critic.parameters()))]
     with torch.no_grad():
         old_mean, old_log_std = policy(data.obs)
 
-    if config.mutation == "ppo":
-        epochs, minibatch, beta = config.policy_epochs, config.policy_minibatch, member.beta
-    else:
-        epochs, minibatch, beta = 1, 0, 0.0
-    for _ in range(epochs):
-        for rows in _minibatches(len(data.obs), minibatch, member.generator):
-            mean, log_std = policy(data.obs[rows])
-            log_probs = torch.distributions.Normal(mean, log_std.exp()).log_prob(data.actions[rows]).sum(-1)
-            ratios = importance_ratios(log_probs, data.behaviour_log_probs[rows])
-            if config.mutation == "ppo":
-                own = data.own[rows]
-                kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
-                loss = ppo_loss(ratios, data.advantages[rows], kl, beta)
-            else:
-                loss = a2c_loss(ratios, data.advantages[rows])
-            _step(member.policy_optimizer, policy_parameters, loss, config.max_grad_norm, reduce_gradients)
+    only_own_data = bool(data.own.all())
 
-    critic_parameters = list(critic.parameters())
-    for _ in range(config.critic_epochs):
-        for rows in _minibatches(len(data.obs), config.critic_minibatch, member.generator):
-            critic_loss = ((critic(data.obs[rows]) - data.returns[rows]) ** 2).mean()
-            _step(member.critic_optimizer, critic_parameters, critic_loss, config.max_grad_norm, reduce_gradients)
+    def policy_loss(rows) -> torch.Tensor:
+        mean, log_std = policy(data.obs[rows])
+        log_probs = gaussian_log_prob(mean, log_std, data.actions[rows])
+        ratios = importance_ratios(log_probs, data.behaviour_log_probs[rows])
+        if config.mutation == "a2c":
+            return a2c_loss(ratios, data.advantages[rows])
+        old_mean_rows = old_mean[rows]
+        if not only_own_data:  # the KL penalty looks at the learner's own states only
+            own = data.own[rows]
+            old_mean_rows, mean = old_mean_rows[own], mean[own]
+        kl = gaussian_kl(old_mean_rows, old_log_std, mean, log_std)
+        return ppo_loss(ratios, data.advantages[rows], kl, member.beta)
+
+    def critic_loss(rows) -> torch.Tensor:
+        return ((critic(data.obs[rows]) - data.returns[rows]) ** 2).mean()
+
+    last_policy_loss = last_critic_loss = torch.zeros(())
+    policy_epochs = config.policy_epochs
+    if config.mutation == "a2c":
+        all_rows = torch.arange(len(data.obs))
+        last_policy_loss = policy_loss(all_rows)
+        _step([member.policy_optimizer], [networks[0][1]], last_policy_loss, config.max_grad_norm, reduce_gradients)
+        policy_epochs = 0
+    for epoch in range(max(policy_epochs, config.critic_epochs)):
+        trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
+        chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
+        for rows in _minibatches(len(data.obs), config.minibatch, member.generator):
+            loss = torch.zeros(())
+            if trains_policy:
+                last_policy_loss = policy_loss(rows)
+                loss = loss + last_policy_loss
+            if trains_critic:
+                last_critic_loss = critic_loss(rows)
+                loss = loss + last_critic_loss
+            _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, reduce_gradients)
 
     with torch.no_grad():
         new_mean, new_log_std = policy(data.obs[data.own])
@@ -208,4 +232,5 @@ def update(member: Member, data: PooledData, config: RunConfig,
         kl = reduce_mean(kl)
     if config.mutation == "ppo":
         member.beta = adapt_beta(member.beta, kl, config.kl_target)
-    return UpdateStats(policy_loss=float(loss.detach()), critic_loss=float(critic_loss.detach()), kl=kl, beta=member.beta)
+    return UpdateStats(policy_loss=float(last_policy_loss.detach()), critic_loss=float(last_critic_loss.detach()),
+                       kl=kl, beta=member.beta)

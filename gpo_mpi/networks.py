@@ -29,6 +29,17 @@ def mlp(in_size: int, hidden: Sequence[int], out_size: int, out_gain: float) -> 
     return nn.Sequential(*layers)
 
 
+def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Diagonal-Gaussian log-density summed over the last axis: the same number as
+    torch.distributions.Normal(mean, log_std.exp()).log_prob(actions).sum(-1),
+    without building a distribution object (a third of the cost of a PPO
+    minibatch's forward pass on these small networks)."""
+    return (-0.5 * ((actions - mean) * torch.exp(-log_std)) ** 2 - log_std - _HALF_LOG_TWO_PI).sum(-1)
+
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
 class GaussianPolicy(nn.Module):
     """pi(a|s) = N(mean(s), diag(exp(log_std))^2) with a state-independent log-std."""
 
@@ -47,7 +58,8 @@ class GaussianPolicy(nn.Module):
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) summed over action dimensions, one value per row."""
-        return self.distribution(obs).log_prob(actions).sum(-1)
+        mean, log_std = self(obs)
+        return gaussian_log_prob(mean, log_std, actions)
 
     def numpy_mean(self):
         """A function obs -> mean action computed with numpy copies of the

@@ -33,13 +33,14 @@ def test_flags_override_toml_which_overrides_preset(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('env = "Walker2d-v5"\nbatch_steps = 1024\nhorizon = 300\npolicy_hidden = [32, 16]\n'
                     'policy_lr = 1\n')
-    run = parse(["--preset", "paper", "--config", str(toml), "--batch-steps", "512", "--no-normalize-advantages"])
+    run = parse(["--preset", "minibatch", "--config", str(toml), "--batch-steps", "512", "--no-normalize-advantages",
+                 "--horizon", "0"])
     assert run.env == "Walker2d-v5"
     assert run.batch_steps == 512           # flag beats file
-    assert run.horizon == 300               # file beats preset (paper: 512)
-    assert run.policy_minibatch == 0        # from the preset
+    assert run.horizon == 0                 # flag beats file (300)
+    assert run.policy_lr == 1.0 and isinstance(run.policy_lr, float)  # file beats preset (3e-4)
+    assert (run.minibatch, run.critic_epochs) == (64, 10)               # from the preset
     assert run.policy_hidden == (32, 16)
-    assert run.policy_lr == 1.0 and isinstance(run.policy_lr, float)
     assert run.normalize_advantages is False
 
 

@@ -118,7 +118,7 @@ def test_pooled_advantages_come_from_the_learners_critic_batch_by_batch():
 
 @pytest.mark.parametrize("mutation", ["ppo", "a2c"])
 def test_update_improves_the_surrogate_and_adapts_beta(mutation):
-    config = dataclasses.replace(CONFIG, mutation=mutation, policy_lr=1e-3, policy_minibatch=0)
+    config = dataclasses.replace(CONFIG, mutation=mutation, policy_lr=1e-3, minibatch=0)
     member = Member.create(0, 3, 1, config, seed=4)
     batch = sampled_batch(member.policy, steps=256)
     data = pool_batches(member.critic, [batch], 0, config)

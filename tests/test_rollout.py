@@ -133,3 +133,11 @@ def test_non_finite_observations_name_member_and_environment():
     sampler = Sampler("NaNAfterThreeSteps-v0", 1, 0, 0, "member 5")
     with pytest.raises(EnvironmentError_, match="member 5: environment NaNAfterThreeSteps-v0 returned non-finite"):
         sampler.sample(GaussianPolicy(2, 1), ObsNormalizer(2, 10.0), 10)
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    from gpo_mpi.networks import gaussian_log_prob
+    mean, actions = torch.randn(2, 7, 3, dtype=torch.float64)
+    log_std = torch.randn(3, dtype=torch.float64)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(actions).sum(-1)
+    torch.testing.assert_close(gaussian_log_prob(mean, log_std, actions), expected)

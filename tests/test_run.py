@@ -8,7 +8,7 @@ import pytest
 from test_cli import gpo_mpi_command
 
 TINY = ["--env", "Pendulum-v1", "--horizon", "20", "--batch-steps", "64", "--n-envs", "2",
-        "--policy-minibatch", "32", "--critic-minibatch", "32"]
+        "--minibatch", "32"]
 
 
 def run(mpirun, n_ranks, out, *arguments, timeout=240):
