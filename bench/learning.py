@@ -37,8 +37,21 @@ def summarize(path: Path) -> dict:
 
 
 def command_line(config: dict, n_ranks: int) -> str:
-    return (f"mpiexec -n {n_ranks} gpo-mpi --algo {config['algo']} --population {config['population']} "
-            f"--env {config['env']} --total-steps {config['total_steps']} --seed {config['seed']}")
+    """The gpo-mpi command that makes this config: the fields that differ from the defaults."""
+    from gpo_mpi.config import RunConfig, to_dict
+
+    defaults = to_dict(RunConfig())
+    flags = []
+    for name, value in config.items():
+        value = tuple(value) if isinstance(value, list) else value
+        if name == "out" or value == defaults[name]:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return f"mpiexec -n {n_ranks} gpo-mpi " + " ".join(flags)
 
 
 def plot(summaries: list[dict], out_png: Path) -> None:

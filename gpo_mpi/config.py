@@ -41,7 +41,7 @@ class RunConfig:
     total_steps: int = 8_000_000
     """Environment-step budget of the whole run, every rollout counted (the paper: 1M per member)."""
     rounds: int = 12
-    """GPO rounds (mutate, select, crossover); the step budget is split evenly over them."""
+    """GPO rounds (mutate, then select and crossover but after the last); mutation steps are split evenly over them."""
     seed: int = 0
     """Seed of everything random: member i uses seed + 1000 * i for its networks, noise and environments."""
     out: str = "run.h5"
@@ -137,14 +137,97 @@ class RunConfig:
         elif self.population % n_ranks:
             raise ConfigError(f"population ({self.population}) must be a whole multiple of the number of "
                               f"ranks ({n_ranks})")
-        if self.steps_per_iteration > self.total_steps:
-            raise ConfigError(f"total_steps ({self.total_steps}) is less than one iteration of the whole "
-                              f"population ({self.steps_per_iteration} steps)")
+        for name in ["selector_epochs", "crossover_minibatch", "expert_steps", "dagger_epochs"]:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ["dagger_iterations", "dagger_steps"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        for name in ["selector_lr", "dagger_lr"]:
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not 0 < self.top_fraction <= 1:
+            raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
+        for name in ["diversity_weight_start", "diversity_weight_end"]:
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if set(self.components) - set("CSM") or len(set(self.components)) != len(self.components):
+            raise ConfigError(f"components must be letters out of C, S, M, each at most once; got {self.components!r}")
+        for name in ["expert_steps", "dagger_steps"]:
+            if getattr(self, name) % self.n_envs:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be a multiple of n_envs ({self.n_envs})")
+        if self.algo == "gpo" and self.population < 2:
+            raise ConfigError("gpo needs a population of at least 2 to breed")
+        if self.iterations_per_round < 1:
+            needed = (self.rounds * self.steps_per_iteration
+                      + (self.rounds - 1) * self.population * self.crossover_steps_per_child)
+            raise ConfigError(f"total_steps ({self.total_steps}) is too small: each of the {self.n_rounds} "
+                              f"round(s) needs at least one iteration of the population and its crossovers "
+                              f"({needed if self.algo == 'gpo' else self.steps_per_iteration} steps in all)")
+
+    # ------------------------------------------------ selection and crossover
+    components: str = "CSM"
+    """GPO components on: C state-space crossover (off: copy the fitter parent), S fitness selection (off: random pairs), M data sharing; "" is Base."""
+    crossover_operator: Literal["state", "parameter"] = "state"
+    """Crossover when C is on: by imitation in state space (the paper's), or each layer from a random parent."""
+    diversity_weight_start: float = 0.0
+    """Weight of diversity (KL) fitness against performance fitness in the first round (the paper's runs: 0)."""
+    diversity_weight_end: float = 0.0
+    """The same weight in the last round; linear in between."""
+    distinct_couples: bool = True
+    """An unordered couple breeds at most once per round; false allows (x, y) and (y, x) both."""
+    child_init: Literal["fitter", "random"] = "fitter"
+    """The child's initial policy and critic: copies of the fitter parent's, or fresh random networks."""
+    top_fraction: float = 0.6
+    """Share of each parent's trajectories (best by return) that train the selector."""
+    selector_hidden: tuple[int, ...] = (32, 32)
+    """Hidden layer sizes of the selector pi_S (tanh units)."""
+    selector_lr: float = 5e-4
+    """Adam learning rate of the selector."""
+    selector_epochs: int = 100
+    """Passes over the parents' states when training the selector."""
+    crossover_minibatch: int = 64
+    """Minibatch size of selector and DAgger training."""
+    expert_steps: int = 5000
+    """Expert transitions rolled out to start DAgger's dataset."""
+    dagger_iterations: int = 10
+    """DAgger iterations; each adds dagger_steps child transitions labelled by the expert."""
+    dagger_steps: int = 500
+    """Child transitions sampled per DAgger iteration."""
+    dagger_epochs: int = 10
+    """Passes over the aggregated dataset per DAgger iteration."""
+    dagger_lr: float = 5e-4
+    """Adam learning rate of the child during DAgger."""
 
     @property
     def n_policies(self) -> int:
         """Policies the run trains: Joint trains one, the others one per member."""
         return 1 if self.algo == "joint" else self.population
+
+    def has(self, component: str) -> bool:
+        """Whether GPO component C, S or M is on (always False outside --algo gpo)."""
+        return self.algo == "gpo" and component in self.components
+
+    @property
+    def crossover_steps_per_child(self) -> int:
+        """Environment steps one state-space crossover takes (0 for the other operators)."""
+        if self.has("C") and self.crossover_operator == "state":
+            return self.expert_steps + self.dagger_iterations * self.dagger_steps
+        return 0
+
+    @property
+    def iterations_per_round(self) -> int:
+        """Policy-gradient iterations in each round: the budget less the crossovers
+        between rounds (there are rounds - 1), split evenly. Single and Joint run
+        as one round."""
+        if self.algo != "gpo":
+            return self.total_steps // self.steps_per_iteration
+        crossover_steps = (self.rounds - 1) * self.population * self.crossover_steps_per_child
+        return max(0, self.total_steps - crossover_steps) // (self.rounds * self.steps_per_iteration)
+
+    @property
+    def n_rounds(self) -> int:
+        return self.rounds if self.algo == "gpo" else 1
 
     @property
     def steps_per_iteration(self) -> int:
@@ -153,8 +236,8 @@ class RunConfig:
 
     @property
     def iterations(self) -> int:
-        """Policy-gradient iterations that fit in the step budget."""
-        return self.total_steps // self.steps_per_iteration
+        """Policy-gradient iterations of the whole run."""
+        return self.iterations_per_round * self.n_rounds
 
 
 PRESETS: dict[str, dict] = {

@@ -1,25 +1,29 @@
-"""The run loop over MPI: every rank samples and updates its own members.
+"""Algorithm 1 over MPI: rounds of mutate, select, crossover.
 
-One iteration: sample a batch per member, (gpo) exchange batches with the
-members that share data, update every member, fold the population's
-observations into the shared normalization, record. GPO's rounds start by
-measuring the KL matrix that decides data sharing. Every collective below is
-reached by every rank on every path; which ones run depends only on values
-all ranks hold alike (config, KL matrix).
+`run` reads like the paper's Algorithm 1; `Population` holds what one rank
+keeps (its members, samplers, the shared observation normalization) and
+does each phase. Every collective is called through `Population._mpi`,
+which times it as communication, and every rank reaches each one on every
+path: which ones run depends only on values all ranks hold alike (the
+config, the KL matrix, the pairs rank 0 scattered).
+
+Single and Joint are one long round of mutation; GPO ends with the last
+round's mutation (its children would never be trained or evaluated).
 """
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import mpi
+from . import crossover, mpi, select
 from .config import RunConfig
 from .mutate import Member, kl_matrix, pool_batches, share_sets, update
-from .networks import flat_parameters
+from .networks import Critic, GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, ObsNormalizer, Sampler, space_sizes
 from .runfile import RunFileWriter
 
@@ -30,28 +34,73 @@ def member_seed(config: RunConfig, index: int) -> int:
     return config.seed + 1000 * index
 
 
+def run(config: RunConfig, comm) -> None:
+    """One run: `config.n_rounds` rounds of MUTATE, SELECT, CROSSOVER."""
+    population = Population(config, comm)
+    for round_index in range(config.n_rounds):
+        population.mutate(round_index)
+        if round_index < config.n_rounds - 1:
+            jobs = population.select(round_index)
+            population.crossover(jobs, round_index)
+        population.record_round()
+    population.finish()
+
+
 @dataclass
 class LocalMember:
     member: Member
     sampler: Sampler
 
 
-class ProgressLog:
-    """Rank 0's record of returns: a window of recent episodes per member."""
+class PhaseTimer:
+    """Wall time per named phase; time in a nested phase is not counted in the enclosing one."""
 
-    def __init__(self, population: int):
-        self.windows = [deque(maxlen=RETURN_WINDOW) for _ in range(population)]
+    def __init__(self):
+        self.totals: dict[str, float] = defaultdict(float)
+        self._nested: list[float] = []
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.totals[name] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
+
+    def take(self) -> dict[str, float]:
+        totals, self.totals = dict(self.totals), defaultdict(float)
+        return totals
+
+
+class ReturnLog:
+    """Rank 0's record of returns: a window of recent training episodes per member."""
+
+    def __init__(self, n_members: int):
+        self.windows = [deque(maxlen=RETURN_WINDOW) for _ in range(n_members)]
 
     def add(self, episode_rows: np.ndarray) -> np.ndarray:
-        """Fold in rows [member, return, length]; returns episodes per member."""
-        counts = np.zeros(len(self.windows), dtype=np.int64)
+        """Fold in rows [member, return, length]; returns the number of episodes per member."""
         for member_index, episode_return, _ in episode_rows:
             self.windows[int(member_index)].append(episode_return)
-            counts[int(member_index)] += 1
-        return counts
+        return np.bincount(episode_rows[:, 0].astype(int), minlength=len(self.windows))
 
     def member_returns(self) -> np.ndarray:
         return np.array([np.mean(w) if w else np.nan for w in self.windows])
+
+    def clear(self) -> None:
+        for window in self.windows:
+            window.clear()
+
+
+def mean_return_per_member(episode_rows: np.ndarray, n_members: int) -> np.ndarray:
+    counts = np.bincount(episode_rows[:, 0].astype(int), minlength=n_members)
+    sums = np.bincount(episode_rows[:, 0].astype(int), weights=episode_rows[:, 1], minlength=n_members)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def format_duration(seconds: float) -> str:
@@ -59,127 +108,251 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def run(config: RunConfig, comm) -> None:
-    rank, n_ranks = comm.Get_rank(), comm.Get_size()
-    obs_dim, act_dim = space_sizes(config.env, config.horizon)
-    joint = config.algo == "joint"
+class Population:
+    """One rank's share of the population and the phases of a round."""
 
-    if joint:  # one policy, same initial weights on every rank; each rank samples its share
-        member_indices = [0]
-        steps_per_sampler = config.population * config.batch_steps // n_ranks
-        sampler_seeds = [member_seed(config, rank) + 1]
-    else:
-        per_rank = config.local_members(n_ranks)
-        member_indices = [rank * per_rank + k for k in range(per_rank)]
-        steps_per_sampler = config.batch_steps
-        sampler_seeds = [member_seed(config, i) + 1 for i in member_indices]
-    local = [LocalMember(Member.create(i, obs_dim, act_dim, config, member_seed(config, i)),
-                         Sampler(config.env, config.n_envs, config.horizon, seed, f"member {i}"))
-             for i, seed in zip(member_indices, sampler_seeds)]
-    normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
+    def __init__(self, config: RunConfig, comm):
+        self.config, self.comm = config, comm
+        self.rank, self.n_ranks = comm.Get_rank(), comm.Get_size()
+        self.obs_dim, self.act_dim = space_sizes(config.env, config.horizon)
+        self.joint = config.algo == "joint"
+        if self.joint:  # one policy, same initial weights on every rank; each rank samples its share
+            member_indices = [0]
+            self.steps_per_sampler = config.population * config.batch_steps // self.n_ranks
+            sampler_seeds = [member_seed(config, self.rank) + 1]
+        else:
+            per_rank = config.local_members(self.n_ranks)
+            member_indices = [self.rank * per_rank + k for k in range(per_rank)]
+            self.steps_per_sampler = config.batch_steps
+            sampler_seeds = [member_seed(config, i) + 1 for i in member_indices]
+        self.local = [LocalMember(Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)),
+                                  Sampler(config.env, config.n_envs, config.horizon, seed, f"member {i}"))
+                      for i, seed in zip(member_indices, sampler_seeds)]
+        self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
+        self.timer = PhaseTimer()
+        self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
+        self.returns = ReturnLog(config.n_policies)
+        self.share_sets = [np.array([i]) for i in range(config.n_policies)]
+        self.last_batches: list[Batch] = []
+        self.env_steps = 0
+        self.iteration = 0
+        self.start_time = time.monotonic()
+        self.awaiting_child_returns = False
 
-    reduce_gradients = reduce_mean = None
-    if joint and n_ranks > 1:  # data parallel: every rank takes the step of the whole batch
-        def reduce_gradients(parameters):
-            mpi.average_gradients(comm, parameters)
+    def _mpi(self, collective, *args, **kwargs):
+        """Call a gpo_mpi.mpi collective with this run's communicator, timed as communication."""
+        with self.timer("communication"):
+            return collective(self.comm, *args, **kwargs)
 
-        def reduce_mean(value):
-            return float(mpi.allreduce_sum(comm, np.array([value]))[0] / n_ranks)
+    # ------------------------------------------------------------- MUTATE
+    def mutate(self, round_index: int) -> None:
+        config = self.config
+        with self.timer("mutate"):
+            for step in range(config.iterations_per_round):
+                sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, self.steps_per_sampler)
+                           for lm in self.local]
+                self.last_batches = [batch for batch, _ in sampled]
+                if step == 0 and config.algo == "gpo":
+                    self.measure_sharing(round_index)
+                stats = self.update_members()
+                raw_obs = np.concatenate([raw for _, raw in sampled])
+                self.normalizer.update_from_sums(self._mpi(mpi.allreduce_sum, ObsNormalizer.sums(raw_obs)))
+                self.env_steps += config.steps_per_iteration
+                self.iteration += 1
+                self.record_iteration(round_index, stats)
 
-    writer = RunFileWriter(config.out, config, n_ranks) if rank == 0 else None
-    progress = ProgressLog(config.n_policies)
-    iterations_per_round = max(1, config.iterations // config.rounds)
-    sets = [np.array([i]) for i in range(config.n_policies)]
-    start_time = time.monotonic()
-    env_steps = 0
+    def measure_sharing(self, round_index: int) -> None:
+        """Component M: the KL matrix on this round's first batches decides S_i."""
+        kl = self.measure_kl_matrix(round_index)
+        epsilon = self.config.share_epsilon if self.config.has("M") else -np.inf
+        self.share_sets = share_sets(kl, epsilon)
+        if self.writer:
+            set_sizes = [len(s) for s in self.share_sets]
+            self.writer.append(rounds__kl_matrix=kl, rounds__share_set_sizes=set_sizes)
+            off_diagonal = kl[~np.eye(len(kl), dtype=bool)]
+            print(f"round {round_index + 1}/{self.config.n_rounds}: data sharing |S_i| = {set_sizes}, "
+                  f"median KL between members {np.median(off_diagonal):.3g}", flush=True)
 
-    for iteration in range(config.iterations):
-        round_index = min(iteration // iterations_per_round, config.rounds - 1)  # the last takes the remainder
-        starts_round = iteration == round_index * iterations_per_round
-        sampled = [lm.sampler.sample(lm.member.policy, normalizer, steps_per_sampler) for lm in local]
-        batches = [batch for batch, _ in sampled]
-
-        if config.algo == "gpo" and starts_round:
-            kl = measure_kl_matrix(comm, local, batches, config, round_index)
-            sets = share_sets(kl, config.share_epsilon)
-            if writer:
-                writer.append(rounds__kl_matrix=kl, rounds__share_set_sizes=[len(s) for s in sets])
-
-        if any(len(s) > 1 for s in sets):
-            all_batches = gather_batches(comm, batches, config, obs_dim)
+    def update_members(self) -> list:
+        config = self.config
+        if any(len(s) > 1 for s in self.share_sets):
+            all_batches = self.gather_batches()
             stats = []
-            for lm in local:
-                members_read = list(sets[lm.member.index])
+            for lm in self.local:
+                members_read = list(self.share_sets[lm.member.index])
                 pooled = pool_batches(lm.member.critic, [all_batches[j] for j in members_read],
                                       members_read.index(lm.member.index), config)
                 stats.append(update(lm.member, pooled, config))
-        else:
-            stats = [update(lm.member, pool_batches(lm.member.critic, [batch], 0, config), config,
-                            reduce_gradients, reduce_mean)
-                     for lm, batch in zip(local, batches)]
+            return stats
+        reduce_gradients = reduce_mean = None
+        if self.joint and self.n_ranks > 1:  # data parallel: every rank takes the step of the whole batch
+            def reduce_gradients(parameters):
+                self._mpi(mpi.average_gradients, parameters)
 
-        raw_obs = np.concatenate([raw for _, raw in sampled])
-        normalizer.update_from_sums(mpi.allreduce_sum(comm, ObsNormalizer.sums(raw_obs)))
-        env_steps += config.steps_per_iteration
+            def reduce_mean(value):
+                return float(self._mpi(mpi.allreduce_sum, np.array([value]))[0] / self.n_ranks)
+        return [update(lm.member, pool_batches(lm.member.critic, [batch], 0, config), config,
+                       reduce_gradients, reduce_mean)
+                for lm, batch in zip(self.local, self.last_batches)]
 
-        # Record: episodes and per-member statistics gathered to every rank (rank 0 writes).
-        episode_rows = [np.column_stack([np.full(len(r), lm.member.index), r, n]) for lm in local
+    def gather_batches(self) -> list[Batch]:
+        """Every member's last batch on every rank, in member order (one Allgatherv)."""
+        rows = np.concatenate([b.to_rows() for b in self.last_batches])
+        all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
+        return [Batch.from_rows(r, self.obs_dim) for r in np.split(all_rows, self.config.population)]
+
+    def measure_kl_matrix(self, round_index: int) -> np.ndarray:
+        """KL[pi_i || pi_j] for all members, on states pooled from every member's last batch."""
+        def subsample(member_index: int, batch: Batch) -> np.ndarray:
+            # Seeded by member, not rank, so the states do not depend on the rank layout.
+            rng = np.random.default_rng((self.config.seed, member_index, round_index))
+            return batch.obs[rng.choice(batch.n_steps, min(self.config.kl_states, batch.n_steps), replace=False)]
+
+        own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
+        states, _ = self._mpi(mpi.allgatherv_rows, own_states)
+        with torch.no_grad():
+            local_means = np.stack([lm.member.policy(torch.from_numpy(states))[0].numpy() for lm in self.local])
+        local_log_stds = np.stack([lm.member.policy.log_std.detach().numpy() for lm in self.local])
+        means, _ = self._mpi(mpi.allgatherv_rows, local_means)
+        log_stds, _ = self._mpi(mpi.allgatherv_rows, local_log_stds)
+        return kl_matrix(means, log_stds)
+
+    def record_iteration(self, round_index: int, stats: list) -> None:
+        """Gather episodes and member statistics; rank 0 writes and prints."""
+        config = self.config
+        episode_rows = [np.column_stack([np.full(len(r), lm.member.index), r, n]) for lm in self.local
                         for r, n in [lm.sampler.episodes.take()]]
-        episodes, _ = mpi.allgatherv_rows(comm, np.concatenate(episode_rows).reshape(-1, 3))
-        member_rows = np.array([[lm.member.index, s.beta, s.kl] for lm, s in zip(local, stats)])
-        members_stats, _ = mpi.allgatherv_rows(comm, member_rows)
-        counts = progress.add(episodes)
-        if writer:
-            returns = progress.member_returns()
-            beta, policy_kl = np.full((2, config.n_policies), np.nan)
-            # Joint's one member appears once per rank with equal values: any copy will do.
-            beta[members_stats[:, 0].astype(int)] = members_stats[:, 1]
-            policy_kl[members_stats[:, 0].astype(int)] = members_stats[:, 2]
-            elapsed = time.monotonic() - start_time
-            writer.append(iterations__env_steps=env_steps, iterations__wall_time=elapsed,
-                          iterations__round=round_index, iterations__member_return=returns,
-                          iterations__member_episodes=counts, iterations__beta=beta,
-                          iterations__policy_kl=policy_kl)
-            writer.flush()
-            rate = env_steps / elapsed
-            eta = (config.iterations * config.steps_per_iteration - env_steps) / rate
-            finite = returns[np.isfinite(returns)]
-            mean_text = f"{finite.mean():8.1f}" if len(finite) else "     n/a"
-            best_text = f"{finite.max():8.1f}" if len(finite) else "     n/a"
-            print(f"iter {iteration + 1:4d}/{config.iterations} | round {round_index + 1:2d} | "
-                  f"steps {env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
-                  f"ETA {format_duration(eta)}", flush=True)
+        episodes, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(episode_rows).reshape(-1, 3))
+        member_rows = np.array([[lm.member.index, s.beta, s.kl] for lm, s in zip(self.local, stats)])
+        member_stats, _ = self._mpi(mpi.allgatherv_rows, member_rows)
+        if not self.writer:
+            return
+        counts = self.returns.add(episodes)
+        if self.awaiting_child_returns:  # the children's first batch, before any update changed them
+            self.writer.append(breeding__child_return=mean_return_per_member(episodes, config.n_policies))
+            self.awaiting_child_returns = False
+        returns = self.returns.member_returns()
+        beta, policy_kl = np.full((2, config.n_policies), np.nan)
+        # Joint's one member appears once per rank with equal values: any copy will do.
+        beta[member_stats[:, 0].astype(int)] = member_stats[:, 1]
+        policy_kl[member_stats[:, 0].astype(int)] = member_stats[:, 2]
+        elapsed = time.monotonic() - self.start_time
+        self.writer.append(iterations__env_steps=self.env_steps, iterations__wall_time=elapsed,
+                           iterations__round=round_index, iterations__member_return=returns,
+                           iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl)
+        self.writer.flush()
+        rate = self.env_steps / elapsed
+        eta = (config.total_steps - self.env_steps) / rate
+        finite = returns[np.isfinite(returns)]
+        mean_text, best_text = (f"{finite.mean():8.1f}", f"{finite.max():8.1f}") if len(finite) else ("n/a",) * 2
+        print(f"iter {self.iteration:4d}/{config.iterations} | round {round_index + 1:2d} | "
+              f"steps {self.env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
+              f"ETA {format_duration(max(eta, 0))}", flush=True)
 
-    parameters = np.stack([flat_parameters(lm.member.policy) for lm in local])
-    if joint:  # data parallelism keeps the copies equal; make sure it did
-        mpi.check_synced(comm, parameters, "the joint policy's parameters")
-    all_parameters, _ = mpi.allgatherv_rows(comm, parameters)
-    if writer:
-        writer.write_final(all_parameters[:1] if joint else all_parameters)
-        writer.close()
+    # ------------------------------------------------------------- SELECT
+    def select(self, round_index: int) -> np.ndarray:
+        """Rank 0 picks a pair of parents for every member slot and scatters them.
 
+        Returns this rank's jobs: rows [first parent, second parent, fitter parent].
+        """
+        config = self.config
+        with self.timer("select"):
+            kl = self.measure_kl_matrix(round_index)
+            jobs = None
+            if self.rank == 0:
+                member_returns = self.returns.member_returns()
+                ranked_returns = np.where(np.isfinite(member_returns), member_returns, -np.inf)
+                weight = select.diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
+                                                 config.diversity_weight_end)
+                fitness = select.mixed_fitness(np.nan_to_num(member_returns, nan=np.nanmin(
+                    member_returns, initial=0.0)), kl, weight)
+                if config.has("S"):
+                    pairs = select.fittest_pairs(fitness, config.population, config.distinct_couples)
+                else:
+                    pairs = select.random_pairs(config.population, config.population,
+                                                np.random.default_rng((config.seed, round_index, 17)))
+                fitter = np.where(ranked_returns[pairs[:, 0]] >= ranked_returns[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+                jobs = np.column_stack([pairs, fitter])
+                self.writer.append(breeding__member_return_before=member_returns, breeding__selection_kl_matrix=kl,
+                                   breeding__parent_pairs=pairs, breeding__pair_fitness=select.pair_fitness(
+                                       fitness, pairs), breeding__parent_returns=member_returns[pairs])
+            counts = np.full(self.n_ranks, config.local_members(self.n_ranks))
+            return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
 
-def gather_batches(comm, batches: list[Batch], config: RunConfig, obs_dim: int) -> list[Batch]:
-    """Every member's batch on every rank, in member order (one Allgatherv)."""
-    rows = np.concatenate([b.to_rows() for b in batches])
-    all_rows, _ = mpi.allgatherv_rows(comm, rows)
-    per_member = np.split(all_rows, config.population)
-    return [Batch.from_rows(r, obs_dim) for r in per_member]
+    # ---------------------------------------------------------- CROSSOVER
+    def crossover(self, jobs: np.ndarray, round_index: int) -> None:
+        """Every rank breeds the children of its member slots from the parents' parameters and batches."""
+        config = self.config
+        with self.timer("crossover"):
+            policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(lm.member.policy)
+                                                                   for lm in self.local]))
+            critics, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(lm.member.critic)
+                                                                  for lm in self.local]))
+            betas, _ = self._mpi(mpi.allgatherv_rows, np.array([lm.member.beta for lm in self.local]))
+            batches = self.gather_batches() if config.crossover_steps_per_child else None
 
+            diagnostics = []
+            for lm, (x, y, fitter) in zip(self.local, jobs):
+                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, batches, round_index))
+            self.env_steps += config.population * config.crossover_steps_per_child
+            rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
+        for lm in self.local:
+            lm.sampler.reset()  # children start fresh episodes; the parents' unfinished ones are dropped
+        if self.writer:
+            self.writer.append(breeding__selector_loss=rows[:, 0], breeding__imitation_loss=rows[:, 1],
+                               breeding__second_parent_share=rows[:, 2])
+            self.returns.clear()
+            self.awaiting_child_returns = True
 
-def measure_kl_matrix(comm, local: list[LocalMember], batches: list[Batch], config: RunConfig,
-                      round_index: int) -> np.ndarray:
-    """KL[pi_i || pi_j] for all members, on states pooled from every member's batch."""
-    def subsample(member_index: int, batch: Batch) -> np.ndarray:
-        # Seeded by member, not rank, so the states do not depend on the rank layout.
-        rng = np.random.default_rng((config.seed, member_index, round_index))
-        return batch.obs[rng.choice(batch.n_steps, min(config.kl_states, batch.n_steps), replace=False)]
+    def breed(self, lm: LocalMember, x: int, y: int, fitter: int, policies: np.ndarray, critics: np.ndarray,
+              betas: np.ndarray, batches: list[Batch] | None, round_index: int) -> tuple[float, float, float]:
+        """Replace `lm`'s member by the child of x and y. Returns the crossover diagnostics."""
+        config = self.config
+        seed = member_seed(config, lm.member.index) + 100 * (round_index + 1)
+        parents = []
+        for index in (x, y):
+            parent = GaussianPolicy(self.obs_dim, self.act_dim, config.policy_hidden)
+            load_flat_parameters(parent, policies[index])
+            parents.append(parent)
+        member = Member.create(lm.member.index, self.obs_dim, self.act_dim, config, seed)
+        if config.child_init == "fitter":
+            load_flat_parameters(member.policy, policies[fitter])
+            load_flat_parameters(member.critic, critics[fitter])
+        member.beta = float(betas[fitter])
+        diagnostics = (np.nan, np.nan, np.nan)
+        if not config.has("C"):
+            load_flat_parameters(member.policy, policies[fitter])  # the ablation base copies the fitter parent
+        elif config.crossover_operator == "parameter":
+            crossover.parameter_space_crossover(parents[0], parents[1], member.policy, np.random.default_rng(seed))
+        else:
+            # Its own environments, seeded by slot and round: the child does not depend on the rank layout.
+            sampler = Sampler(config.env, config.n_envs, config.horizon, seed + 7, f"crossover for member "
+                              f"{lm.member.index}")
+            record = crossover.state_space_crossover(parents[0], parents[1], batches[x], batches[y], member.policy,
+                                                     sampler, self.normalizer, config, seed)
+            sampler.close()
+            diagnostics = (record.selector_loss, record.imitation_loss, record.second_parent_share)
+        lm.member = member
+        return diagnostics
 
-    own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(local, batches)])
-    states, _ = mpi.allgatherv_rows(comm, own_states)
-    with torch.no_grad():
-        local_means = np.stack([lm.member.policy(torch.from_numpy(states))[0].numpy() for lm in local])
-    local_log_stds = np.stack([lm.member.policy.log_std.detach().numpy() for lm in local])
-    means, _ = mpi.allgatherv_rows(comm, local_means)
-    log_stds, _ = mpi.allgatherv_rows(comm, local_log_stds)
-    return kl_matrix(means, log_stds)
+    # ------------------------------------------------------------- record
+    def record_round(self) -> None:
+        times = self.timer.take()
+        if self.writer:
+            self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0)
+                                  for phase in ("mutate", "select", "crossover", "communication")})
+            self.writer.flush()
+
+    def finish(self) -> None:
+        policies = np.stack([flat_parameters(lm.member.policy) for lm in self.local])
+        critics = np.stack([flat_parameters(lm.member.critic) for lm in self.local])
+        if self.joint:  # data parallelism keeps the copies equal; make sure it did
+            self._mpi(mpi.check_synced, policies, "the joint policy's parameters")
+        all_policies, _ = self._mpi(mpi.allgatherv_rows, policies)
+        all_critics, _ = self._mpi(mpi.allgatherv_rows, critics)
+        if self.writer:
+            member_returns = self.returns.member_returns()
+            best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
+            keep = slice(0, 1) if self.joint else slice(None)
+            self.writer.write_final(all_policies[keep], all_critics[keep], best)
+            self.writer.close()

@@ -19,6 +19,7 @@ __all__ = [
     "abort_on_uncaught_exception",
     "bcast_flat",
     "allgatherv_rows",
+    "scatter_rows",
     "allreduce_sum",
     "average_gradients",
     "check_synced",
@@ -90,6 +91,20 @@ def allgatherv_rows(comm: MPI.Comm, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     gathered = np.empty((int(row_counts.sum()),) + row_shape, dtype=rows.dtype)
     comm.Allgatherv(rows, [gathered, (element_counts, displacements)])
     return gathered, row_counts
+
+
+def scatter_rows(comm: MPI.Comm, rows: np.ndarray | None, row_counts: np.ndarray, row_shape: tuple,
+                 dtype, root: int = 0) -> np.ndarray:
+    """Send consecutive blocks of root's rows to the ranks in order: rank r gets
+    `row_counts[r]` rows (every rank passes the same counts; only root's `rows` are read)."""
+    row_size = int(np.prod(row_shape, dtype=np.int64))
+    element_counts = np.asarray(row_counts, dtype=np.int64) * row_size
+    displacements = np.concatenate(([0], np.cumsum(element_counts)[:-1]))
+    received = np.empty((int(row_counts[comm.Get_rank()]),) + tuple(row_shape), dtype=dtype)
+    send = [np.ascontiguousarray(rows, dtype=dtype), (element_counts, displacements)] if comm.Get_rank() == root \
+        else None
+    comm.Scatterv(send, received, root=root)
+    return received
 
 
 def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The networks of SPEC.md: Gaussian MLP policy and MLP critic, all tanh.
+"""The networks of SPEC.md: Gaussian MLP policy, critic and crossover's selector, all tanh.
 
 Parameters travel between ranks as one flat float32 vector
 (`flat_parameters` / `load_flat_parameters`), never as pickled state dicts.
@@ -79,6 +79,17 @@ class GaussianPolicy(nn.Module):
         return mean
 
 
+class Selector(nn.Module):
+    """pi_S(parent | s) of crossover: logits over the two parents (softmax gives the probabilities)."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (32, 32)):
+        super().__init__()
+        self.logit_net = mlp(obs_dim, hidden, 2, out_gain=0.01)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.logit_net(obs)
+
+
 class Critic(nn.Module):
     """V(s) as a tanh MLP."""
 
@@ -100,4 +111,6 @@ def load_flat_parameters(module: nn.Module, vector: np.ndarray) -> None:
     expected = sum(p.numel() for p in module.parameters())
     if vector.shape != (expected,):
         raise ValueError(f"flat parameter vector has shape {vector.shape}, the module needs ({expected},)")
-    nn.utils.vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), module.parameters())
+    # vector_to_parameters makes the parameters views of the tensor it gets: give it a
+    # copy, or the module and the caller's array would share (and overwrite) memory.
+    nn.utils.vector_to_parameters(torch.tensor(vector, dtype=torch.float32), module.parameters())

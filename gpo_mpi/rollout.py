@@ -161,16 +161,26 @@ class Sampler:
         if not np.all(np.isfinite(values)):
             raise EnvironmentError_(f"{self.member_name}: environment {self.env_id} returned non-finite {what}")
 
-    def sample(self, policy: GaussianPolicy, normalizer: ObsNormalizer, n_steps: int) -> tuple[Batch, np.ndarray]:
-        """`n_steps` steps (a multiple of n_envs) with the policy's current weights.
+    def close(self) -> None:
+        self.envs.close()
 
-        Returns the batch and the raw observations it saw (for the
-        population-wide normalization statistics).
+    def reset(self) -> None:
+        """Start new episodes in every environment; unfinished ones are dropped
+        from the episode record (GPO does this when children replace parents)."""
+        self.raw_obs, _ = self.envs.reset()
+        self.running_return[:] = 0.0
+        self.running_length[:] = 0
+
+    def run(self, choose_actions, normalizer: ObsNormalizer, n_steps: int, act_dim: int) -> tuple[Batch, np.ndarray]:
+        """`n_steps` steps (a multiple of n_envs), actions from `choose_actions(obs, rng)`
+        on normalized observations (columns, obs_dim).
+
+        Returns the batch (log_probs left as zeros) and the raw observations
+        it saw, for the population-wide normalization statistics.
         """
         columns = self.n_envs
         length = n_steps // columns
         obs_dim = self.raw_obs.shape[1]
-        act_dim = policy.log_std.shape[0]
         raw_obs = np.empty((length, columns, obs_dim))
         obs = np.empty((length, columns, obs_dim), dtype=np.float32)
         raw_next_obs = np.empty((length, columns, obs_dim))
@@ -179,12 +189,10 @@ class Sampler:
         terminated = np.empty((length, columns), dtype=bool)
         truncated = np.empty((length, columns), dtype=bool)
 
-        policy_mean = policy.numpy_mean()
-        std = policy.log_std.detach().exp().numpy()
         for t in range(length):
             obs[t] = normalizer(self.raw_obs)
             raw_obs[t] = self.raw_obs
-            actions[t] = policy_mean(obs[t]) + std * self.action_rng.standard_normal((columns, act_dim))
+            actions[t] = choose_actions(obs[t], self.action_rng)
             next_obs, reward, is_terminal, is_truncated, info = self.envs.step(actions[t])
             rewards[t], terminated[t], truncated[t] = reward, is_terminal, is_truncated
             raw_next_obs[t] = next_obs
@@ -206,11 +214,21 @@ class Sampler:
         def column_major(array):  # (length, columns, ...) -> (columns * length, ...)
             return np.ascontiguousarray(array.swapaxes(0, 1).reshape((columns * length,) + array.shape[2:]))
 
-        obs_norm = column_major(obs)
-        actions_flat = column_major(actions)
-        with torch.no_grad():
-            log_probs = policy.log_prob(torch.from_numpy(obs_norm), torch.from_numpy(actions_flat)).numpy()
-        batch = Batch(obs=obs_norm, actions=actions_flat, log_probs=log_probs, rewards=column_major(rewards),
-                      next_obs=normalizer(column_major(raw_next_obs)), terminated=column_major(terminated),
-                      truncated=column_major(truncated))
+        batch = Batch(obs=column_major(obs), actions=column_major(actions), log_probs=np.zeros(n_steps, np.float32),
+                      rewards=column_major(rewards), next_obs=normalizer(column_major(raw_next_obs)),
+                      terminated=column_major(terminated), truncated=column_major(truncated))
         return batch, raw_obs.reshape(-1, obs_dim)
+
+    def sample(self, policy: GaussianPolicy, normalizer: ObsNormalizer, n_steps: int) -> tuple[Batch, np.ndarray]:
+        """`n_steps` steps with the policy's current weights, behaviour log-probs included."""
+        act_dim = policy.log_std.shape[0]
+        policy_mean = policy.numpy_mean()
+        std = policy.log_std.detach().exp().numpy()
+
+        def gaussian_actions(obs, rng):
+            return policy_mean(obs) + std * rng.standard_normal((len(obs), act_dim))
+
+        batch, raw_obs = self.run(gaussian_actions, normalizer, n_steps, act_dim)
+        with torch.no_grad():
+            log_probs = policy.log_prob(torch.from_numpy(batch.obs), torch.from_numpy(batch.actions)).numpy()
+        return batch._replace(log_probs=log_probs), raw_obs

@@ -13,7 +13,21 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /iterations/policy_kl        (I, m)    float64  KL[pi_old || pi_new] of the iteration's update
     /rounds/kl_matrix            (R, m, m) float64  KL[pi_i || pi_j] on shared states at the round's start (gpo)
     /rounds/share_set_sizes      (R, m)    int64    |S_i| of data sharing in the round (gpo)
+    /rounds/time_mutate, time_select, time_crossover, time_communication
+                                 (R,)      float64  rank 0's wall time per phase in the round (seconds;
+                                                    communication is time inside collectives, not in the others)
+    /breeding/...                (B, ...)           one row per selection and crossover (B = R - 1, gpo):
+        member_return_before (B, m)     every member's return at the end of the round's mutation
+        selection_kl_matrix  (B, m, m)  KL matrix measured for selection
+        parent_pairs         (B, m, 2)  the parents of child i (child i takes member slot i)
+        pair_fitness         (B, m)     fitness of each chosen pair
+        parent_returns       (B, m, 2)  the two parents' returns
+        child_return         (B, m)     mean return of each child's episodes in its first batch, before
+                                        any update (NaN if none finished)
+        selector_loss, imitation_loss, second_parent_share (B, m): state-space crossover diagnostics
     /final/policy_parameters     (m, P)    float32  each member's flat policy parameters at the end
+    /final/critic_parameters     (m, C)    float32  each member's flat critic parameters at the end
+    /final/best_policy_parameters (P,)     float32  the best member's policy (attr final.best_member)
 
 Rows are appended and flushed as the run goes, so a running or killed
 run's file can be read with h5py (or `gpo-mpi info`).
@@ -47,6 +61,13 @@ class RunFileWriter:
             "iterations/member_episodes": ((m,), np.int64), "iterations/beta": ((m,), np.float64),
             "iterations/policy_kl": ((m,), np.float64), "rounds/kl_matrix": ((m, m), np.float64),
             "rounds/share_set_sizes": ((m,), np.int64),
+            "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
+            "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
+            "breeding/member_return_before": ((m,), np.float64), "breeding/selection_kl_matrix": ((m, m), np.float64),
+            "breeding/parent_pairs": ((m, 2), np.int64), "breeding/pair_fitness": ((m,), np.float64),
+            "breeding/parent_returns": ((m, 2), np.float64), "breeding/child_return": ((m,), np.float64),
+            "breeding/selector_loss": ((m,), np.float64), "breeding/imitation_loss": ((m,), np.float64),
+            "breeding/second_parent_share": ((m,), np.float64),
         }
         for name, (row_shape, dtype) in self._growing.items():
             self.file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
@@ -62,8 +83,11 @@ class RunFileWriter:
     def flush(self) -> None:
         self.file.flush()
 
-    def write_final(self, policy_parameters: np.ndarray) -> None:
+    def write_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int) -> None:
         self.file.create_dataset("final/policy_parameters", data=policy_parameters)
+        self.file.create_dataset("final/critic_parameters", data=critic_parameters)
+        self.file.create_dataset("final/best_policy_parameters", data=policy_parameters[best_member])
+        self.file["final"].attrs["best_member"] = best_member
 
     def close(self) -> None:
         self.file.close()

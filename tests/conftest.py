@@ -4,6 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# As in gpo-mpi itself: one thread per process (CI machines have 2 cores, and
+# MPI tests start several processes).
+torch.set_num_threads(1)
 
 PROGRAMS = Path(__file__).parent / "mpi_programs"
 

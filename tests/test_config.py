@@ -34,7 +34,7 @@ def test_flags_override_toml_which_overrides_preset(tmp_path):
     toml.write_text('env = "Walker2d-v5"\nbatch_steps = 1024\nhorizon = 300\npolicy_hidden = [32, 16]\n'
                     'policy_lr = 1\n')
     run = parse(["--preset", "minibatch", "--config", str(toml), "--batch-steps", "512", "--no-normalize-advantages",
-                 "--horizon", "0"])
+                 "--horizon", "0", "--algo", "single"])
     assert run.env == "Walker2d-v5"
     assert run.batch_steps == 512           # flag beats file
     assert run.horizon == 0                 # flag beats file (300)
@@ -69,7 +69,10 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     (["--gamma", "1.5"], 1, "gamma must lie in [0, 1]"),
     (["--policy-lr", "nan"], 1, "policy_lr must be a positive number"),
     (["--batch-steps", "100", "--n-envs", "3"], 1, "must be a multiple of n_envs"),
-    (["--total-steps", "1000"], 1, "less than one iteration"),
+    (["--total-steps", "1000", "--algo", "single"], 1, "total_steps (1000) is too small"),
+    (["--population", "1"], 1, "gpo needs a population of at least 2"),
+    (["--components", "CX"], 1, "components must be letters out of C, S, M"),
+    (["--top-fraction", "0"], 1, "top_fraction must lie in (0, 1]"),
     (["--algo", "joint", "--population", "1", "--batch-steps", "100"], 3, "must split evenly over 3 ranks"),
     (["--config", "/nonexistent.toml"], 1, "does not exist"),
 ])
@@ -86,5 +89,11 @@ def test_population_may_be_a_multiple_of_the_ranks():
 
 
 def test_iterations_fit_the_budget():
-    run = parse(["--population", "2", "--total-steps", "10000"], n_ranks=1)
+    run = parse(["--algo", "single", "--population", "2", "--total-steps", "10000"], n_ranks=1)
     assert run.steps_per_iteration == 4096 and run.iterations == 2
+    # GPO: 2 rounds of 3 iterations of 4,096 steps, and between them 2 crossovers of 5,000 + 10 x 500 steps
+    gpo = parse(["--population", "2", "--rounds", "2", "--total-steps", str(2 * 3 * 4096 + 2 * 10_000)])
+    assert gpo.crossover_steps_per_child == 10_000
+    assert (gpo.iterations_per_round, gpo.iterations) == (3, 6)
+    copy = parse(["--population", "2", "--rounds", "2", "--total-steps", "16384", "--components", "SM"])
+    assert copy.crossover_steps_per_child == 0 and copy.iterations_per_round == 2

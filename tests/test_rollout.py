@@ -94,6 +94,9 @@ def test_flat_parameters_round_trip():
     load_flat_parameters(other, vector)
     obs = torch.randn(4, 5)
     torch.testing.assert_close(other(obs)[0], policy(obs)[0])
+    with torch.no_grad():  # the module holds a copy, not a view of the vector
+        next(other.parameters()).add_(1.0)
+    np.testing.assert_array_equal(vector, flat_parameters(policy))
     with pytest.raises(ValueError, match="flat parameter vector has shape"):
         load_flat_parameters(other, vector[:-1])
 

@@ -80,3 +80,87 @@ def test_bad_input_is_one_line_from_one_rank(mpirun, tmp_path, arguments, messag
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("gpo-mpi: error: ") and message in errors[0], result.stderr
     assert not out.exists()
+
+
+def test_a2c_mutation_runs_without_a_penalty(mpirun, tmp_path):
+    out = tmp_path / "a2c.h5"
+    result = run(mpirun, 1, out, "--algo", "single", "--mutation", "a2c", "--population", "1",
+                 "--total-steps", "128")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as run_file:
+        np.testing.assert_array_equal(run_file["iterations/beta"][:], 1.0)  # never adapted
+        assert np.all(run_file["iterations/policy_kl"][:] > 0)  # but the policy moved
+
+
+TINY_GPO = ["--population", "4", "--rounds", "3", "--expert-steps", "64", "--dagger-iterations", "2",
+            "--dagger-steps", "32", "--selector-epochs", "2", "--dagger-epochs", "2", "--total-steps", "1792"]
+# 3 rounds of one iteration (4 x 64 steps), 2 breedings of 4 children x (64 + 2 x 32) steps: 768 + 1024
+
+
+def read_run(path):
+    with h5py.File(path) as run_file:
+        data = {}
+        run_file.visititems(lambda name, item: data.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                            else None)
+        data["best_member"] = run_file["final"].attrs["best_member"]
+        return data
+
+
+def test_gpo_rounds_match_one_process(mpirun, tmp_path):
+    from gpo_mpi import select
+    runs = {}
+    for n_ranks in (1, 2, 4):
+        out = tmp_path / f"gpo{n_ranks}.h5"
+        result = run(mpirun, n_ranks, out, *TINY_GPO)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("round ") >= 3
+        runs[n_ranks] = read_run(out)
+    one = runs[1]
+    np.testing.assert_array_equal(one["iterations/env_steps"], [256, 256 + 512 + 256, 1792])
+    np.testing.assert_array_equal(one["iterations/round"], [0, 1, 2])
+    pairs = one["breeding/parent_pairs"]
+    assert pairs.shape == (2, 4, 2) and np.all(pairs[:, :, 0] != pairs[:, :, 1])
+    for before, chosen in zip(one["breeding/member_return_before"], pairs):  # the fittest distinct couples
+        np.testing.assert_array_equal(chosen, select.fittest_pairs(select.performance_fitness(before), 4))
+        np.testing.assert_allclose(one["breeding/parent_returns"][0], one["breeding/member_return_before"][0][
+            pairs[0]])
+    assert one["breeding/child_return"].shape == (2, 4)
+    assert np.all(np.isfinite(one["breeding/imitation_loss"]))
+    for phase in ("mutate", "select", "crossover", "communication"):
+        assert one[f"rounds/time_{phase}"].shape == (3,) and np.all(one[f"rounds/time_{phase}"] >= 0)
+    assert np.all(one["rounds/time_crossover"][:2] > 0) and one["rounds/time_crossover"][2] == 0
+    np.testing.assert_array_equal(one["final/best_policy_parameters"],
+                                  one["final/policy_parameters"][one["best_member"]])
+    for n_ranks in (2, 4):
+        np.testing.assert_array_equal(runs[n_ranks]["breeding/parent_pairs"], pairs)
+        for name in ("final/policy_parameters", "final/critic_parameters", "iterations/member_return",
+                     "breeding/child_return", "rounds/kl_matrix"):
+            np.testing.assert_allclose(runs[n_ranks][name], one[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("components", ["", "SM", "C"])
+def test_ablations_and_eight_members_on_four_ranks(mpirun, tmp_path, components):
+    out = tmp_path / "ablation.h5"
+    arguments = [a if a != "4" or i != 1 else "8" for i, a in enumerate(TINY_GPO)]  # population 8
+    arguments[-1] = str(3 * 8 * 64 + (2 * 8 * 128 if "C" in components else 0))
+    result = run(mpirun, 4, out, *arguments, "--components", components)
+    assert result.returncode == 0, result.stderr
+    data = read_run(out)
+    assert data["final/policy_parameters"].shape[0] == 8
+    sizes = data["rounds/share_set_sizes"]
+    assert np.all(sizes == 1) if "M" not in components else np.all(sizes >= 1)
+    pairs = data["breeding/parent_pairs"]
+    before = data["breeding/member_return_before"]
+    fittest = np.stack([select_fittest(b) for b in before])
+    if "S" in components:
+        np.testing.assert_array_equal(pairs, fittest)
+    else:  # random couples: not the fittest ones (with overwhelming probability)
+        assert not np.array_equal(pairs, fittest)
+    if "C" not in components:  # copies of the fitter parent, no crossover rollouts
+        assert np.all(np.isnan(data["breeding/imitation_loss"]))
+        assert data["iterations/env_steps"][-1] == 3 * 8 * 64
+
+
+def select_fittest(member_returns):
+    from gpo_mpi import select
+    return select.fittest_pairs(select.performance_fitness(member_returns), len(member_returns))

@@ -1,0 +1,204 @@
+"""CROSSOVER: a child from two parents, by imitation in state space.
+
+State-space crossover (the paper's): train a selector pi_S(parent | s) by
+return-weighted maximum likelihood on the parents' best trajectories; the
+expert pi_H picks a parent with pi_S at every state and acts with that
+parent's Gaussian; DAgger then distills pi_H into a child network of the
+parents' shape, minimizing KL[pi_child(.|s) || pi_parent(s)(.|s)] in closed
+form. Two comparison operators: parameter-space crossover (every layer from
+a random parent) and copying the fitter parent (the ablation base).
+
+Plain functions on torch modules and numpy arrays; no MPI. Every rollout
+goes through the caller's `Sampler` and is counted by the caller.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .mutate import gaussian_kl
+from .networks import GaussianPolicy, Selector
+from .rollout import Batch, ObsNormalizer, Sampler
+
+
+def trajectory_bounds(batch: Batch) -> list[tuple[int, int]]:
+    """(start, end) rows of each trajectory in a batch: runs ending at an
+    episode end or a column cut (a cut-off trajectory counts as one)."""
+    ends = np.flatnonzero(batch.terminated | batch.truncated) + 1
+    if not len(ends) or ends[-1] != batch.n_steps:  # a batch sampled here always ends flagged
+        ends = np.append(ends, batch.n_steps)
+    starts = np.concatenate([[0], ends[:-1]])
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def best_trajectory_states(batch: Batch, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """States of the best `fraction` of the batch's trajectories by return, and
+    each state's trajectory return."""
+    bounds = trajectory_bounds(batch)
+    returns = np.array([batch.rewards[start:end].sum() for start, end in bounds], dtype=np.float64)
+    keep = np.argsort(-returns, kind="stable")[:max(1, int(np.ceil(fraction * len(bounds))))]
+    states = np.concatenate([batch.obs[bounds[i][0]:bounds[i][1]] for i in keep])
+    state_returns = np.concatenate([np.full(bounds[i][1] - bounds[i][0], returns[i]) for i in keep])
+    return states, state_returns
+
+
+def return_weights(state_returns: np.ndarray) -> np.ndarray:
+    """Trajectory returns min-max normalized to [0, 1], then scaled to mean 1
+    (all equal: all 1), so the selector's loss has the same scale every round."""
+    span = state_returns.max() - state_returns.min()
+    weights = (state_returns - state_returns.min()) / span if span > 0 else np.ones_like(state_returns)
+    return weights / max(weights.mean(), 1e-12)
+
+
+def _minibatches(n_rows: int, size: int, generator: torch.Generator):
+    order = torch.randperm(n_rows, generator=generator)
+    for start in range(0, n_rows, size):
+        yield order[start:start + size]
+
+
+def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.ndarray, weights: np.ndarray,
+                   config: RunConfig, generator: torch.Generator) -> float:
+    """Weighted maximum likelihood: minimize -E_s[w_s log pi_S(parent_of_s | s)].
+    Returns the last epoch's mean loss."""
+    optimizer = torch.optim.Adam(selector.parameters(), lr=config.selector_lr)
+    states_t = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32))
+    labels_t = torch.from_numpy(parent_labels.astype(np.int64))
+    weights_t = torch.from_numpy(weights.astype(np.float32))
+    for _ in range(config.selector_epochs):
+        losses = []
+        for rows in _minibatches(len(states_t), config.crossover_minibatch, generator):
+            log_probs = torch.log_softmax(selector(states_t[rows]), dim=-1)
+            chosen = log_probs.gather(1, labels_t[rows, None]).squeeze(1)
+            loss = -(weights_t[rows] * chosen).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+class Expert:
+    """pi_H: at each state, a parent drawn from pi_S, then that parent's Gaussian."""
+
+    def __init__(self, selector: Selector, parents: tuple[GaussianPolicy, GaussianPolicy]):
+        self.selector = selector
+        self.parents = parents
+
+    def choose_parents(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """0 for the first parent, 1 for the second, drawn from pi_S for every row."""
+        with torch.no_grad():
+            second = torch.softmax(self.selector(torch.from_numpy(obs)), dim=-1)[:, 1].numpy()
+        return (rng.random(len(obs)) < second).astype(np.int64)
+
+    def labels(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen parent's mean and log-std at every row: the imitation targets."""
+        chosen = self.choose_parents(obs, rng)
+        with torch.no_grad():
+            outputs = [[t.detach().numpy() for t in parent(torch.from_numpy(obs))] for parent in self.parents]
+        second = chosen[:, None] == 1
+        means = np.where(second, outputs[1][0], outputs[0][0])
+        log_stds = np.where(second, outputs[1][1], outputs[0][1])
+        return means.astype(np.float32), log_stds.astype(np.float32)
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        means, log_stds = self.labels(obs, rng)
+        return means + np.exp(log_stds) * rng.standard_normal(means.shape)
+
+
+def imitation_epochs(child: GaussianPolicy, optimizer: torch.optim.Optimizer, states: torch.Tensor,
+                     target_means: torch.Tensor, target_log_stds: torch.Tensor, epochs: int, minibatch: int,
+                     generator: torch.Generator) -> float:
+    """Minimize the closed-form KL[pi_child(.|s) || target(.|s)]; returns the last epoch's mean loss."""
+    for _ in range(epochs):
+        losses = []
+        for rows in _minibatches(len(states), minibatch, generator):
+            mean, log_std = child(states[rows])
+            loss = gaussian_kl(mean, log_std, target_means[rows], target_log_stds[rows]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+@dataclass
+class CrossoverRecord:
+    env_steps: int          # environment steps the crossover took
+    selector_loss: float
+    imitation_loss: float   # KL to the expert on the aggregated data, last DAgger iteration
+    second_parent_share: float  # fraction of expert-labelled states given to the second parent
+
+
+def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy, batch_x: Batch, batch_y: Batch,
+                          child: GaussianPolicy, sampler: Sampler, normalizer: ObsNormalizer, config: RunConfig,
+                          seed: int) -> CrossoverRecord:
+    """Train `child` (already initialized) to imitate the two parents in state space."""
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    obs_dim, act_dim = batch_x.obs.shape[1], batch_x.actions.shape[1]
+
+    # 1-2. The selector, from the parents' best trajectories.
+    states_x, returns_x = best_trajectory_states(batch_x, config.top_fraction)
+    states_y, returns_y = best_trajectory_states(batch_y, config.top_fraction)
+    states = np.concatenate([states_x, states_y])
+    labels = np.concatenate([np.zeros(len(states_x)), np.ones(len(states_y))])
+    weights = return_weights(np.concatenate([returns_x, returns_y]))
+    torch.manual_seed(seed)
+    selector = Selector(obs_dim, config.selector_hidden)
+    selector_loss = train_selector(selector, states, labels, weights, config, generator)
+    expert = Expert(selector, (parent_x, parent_y))
+
+    # 3. Expert transitions, labelled by the expert, start the dataset.
+    expert_batch, _ = sampler.run(expert.act, normalizer, config.expert_steps, act_dim)
+    states = expert_batch.obs
+    target_means, target_log_stds = expert.labels(states, rng)
+
+    # 4. DAgger: each iteration the child samples, the expert labels, the child
+    # learns on everything gathered so far.
+    optimizer = torch.optim.Adam(child.parameters(), lr=config.dagger_lr)
+    imitation_loss = float("nan")
+    for _ in range(config.dagger_iterations):
+        child_batch, _ = sampler.run(child_sampling_actions(child), normalizer, config.dagger_steps, act_dim)
+        new_means, new_log_stds = expert.labels(child_batch.obs, rng)
+        states = np.concatenate([states, child_batch.obs])
+        target_means = np.concatenate([target_means, new_means])
+        target_log_stds = np.concatenate([target_log_stds, new_log_stds])
+        imitation_loss = imitation_epochs(child, optimizer, torch.from_numpy(states), torch.from_numpy(target_means),
+                                          torch.from_numpy(target_log_stds), config.dagger_epochs,
+                                          config.crossover_minibatch, generator)
+    second_share = float(expert.choose_parents(expert_batch.obs, rng).mean())
+    return CrossoverRecord(env_steps=config.crossover_steps_per_child, selector_loss=selector_loss,
+                           imitation_loss=imitation_loss, second_parent_share=second_share)
+
+
+def child_sampling_actions(policy: GaussianPolicy):
+    """The policy's own Gaussian as a sampler's action function."""
+    mean_of = policy.numpy_mean()
+    std = policy.log_std.detach().exp().numpy()
+    return lambda obs, rng: mean_of(obs) + std * rng.standard_normal((len(obs), len(std)))
+
+
+def parameter_space_crossover(parent_x: nn.Module, parent_y: nn.Module, child: nn.Module,
+                              rng: np.random.Generator) -> dict[str, int]:
+    """Copy every parameter tensor of the child from a random parent, keeping each
+    layer's weight and bias together. Returns which parent (0 or 1) gave each layer."""
+    layers: dict[str, int] = {}
+    for name, _ in child.named_parameters():
+        layer = name.rsplit(".", 1)[0] if "." in name else name
+        layers.setdefault(layer, int(rng.integers(2)))
+    sources = dict(zip((0, 1), (dict(parent_x.named_parameters()), dict(parent_y.named_parameters()))))
+    with torch.no_grad():
+        for name, parameter in child.named_parameters():
+            layer = name.rsplit(".", 1)[0] if "." in name else name
+            parameter.copy_(sources[layers[layer]][name])
+    return layers
+
+
+def copy_module(source: nn.Module, target: nn.Module) -> None:
+    """target's parameters become a copy of source's (same architecture)."""
+    target.load_state_dict(copy.deepcopy(source.state_dict()))

@@ -1,0 +1,123 @@
+"""CROSSOVER in one process: trajectories, the selector, DAgger, parameter-space crossover."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gpo_mpi import crossover
+from gpo_mpi.config import RunConfig
+from gpo_mpi.mutate import gaussian_kl
+from gpo_mpi.networks import GaussianPolicy, Selector
+from gpo_mpi.rollout import Batch, ObsNormalizer, Sampler
+
+
+def synthetic_batch(center: float, n_steps=200, episode=20, seed=0, reward_scale=1.0) -> Batch:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n_steps, 3)).astype(np.float32)
+    obs[:, 0] += center
+    ends = np.zeros(n_steps, bool)
+    ends[episode - 1::episode] = True
+    return Batch(obs=obs, actions=np.zeros((n_steps, 1), np.float32), log_probs=np.zeros(n_steps, np.float32),
+                 rewards=(reward_scale * rng.random(n_steps)).astype(np.float32), next_obs=obs,
+                 terminated=ends, truncated=np.zeros(n_steps, bool))
+
+
+def test_trajectories_and_the_best_of_them():
+    batch = synthetic_batch(0.0, n_steps=10, episode=4)
+    batch = batch._replace(rewards=np.array([1, 1, 1, 1, 5, 5, 5, 5, 2, 2], np.float32))
+    assert crossover.trajectory_bounds(batch) == [(0, 4), (4, 8), (8, 10)]  # the last one cut off
+    states, returns = crossover.best_trajectory_states(batch, fraction=0.6)  # 2 of 3 trajectories
+    np.testing.assert_array_equal(states, np.concatenate([batch.obs[4:8], batch.obs[0:4]]))
+    np.testing.assert_array_equal(returns, [20] * 4 + [4] * 4)
+
+
+def test_return_weights():
+    np.testing.assert_allclose(crossover.return_weights(np.array([2.0, 4.0, 6.0])), [0.0, 1.0, 2.0])
+    np.testing.assert_allclose(crossover.return_weights(np.array([3.0, 3.0])), [1.0, 1.0])
+
+
+def test_selector_separates_parents_acting_in_different_regions():
+    config = RunConfig(selector_epochs=20)
+    batch_x, batch_y = synthetic_batch(+2.0, seed=1), synthetic_batch(-2.0, seed=2)
+    states = np.concatenate([batch_x.obs, batch_y.obs])
+    labels = np.concatenate([np.zeros(200), np.ones(200)])
+    torch.manual_seed(0)
+    selector = Selector(3)
+    crossover.train_selector(selector, states, labels, np.ones(400), config, torch.Generator().manual_seed(0))
+    test_x, test_y = synthetic_batch(+2.0, seed=3).obs, synthetic_batch(-2.0, seed=4).obs
+    with torch.no_grad():
+        picks_y_for_x = torch.softmax(selector(torch.from_numpy(test_x)), -1)[:, 1].numpy()
+        picks_y_for_y = torch.softmax(selector(torch.from_numpy(test_y)), -1)[:, 1].numpy()
+    assert (picks_y_for_x < 0.5).mean() > 0.95 and (picks_y_for_y > 0.5).mean() > 0.95
+
+
+def test_return_weights_decide_where_parents_overlap():
+    """In a shared region the parent whose trajectories there earned more is chosen."""
+    config = RunConfig(selector_epochs=30)
+    states = np.random.default_rng(5).normal(size=(400, 3)).astype(np.float32)
+    labels = np.concatenate([np.zeros(200), np.ones(200)])
+    weights = np.concatenate([np.full(200, 0.1), np.full(200, 1.9)])
+    torch.manual_seed(0)
+    selector = Selector(3)
+    crossover.train_selector(selector, states, labels, weights, config, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.softmax(selector(torch.from_numpy(states)), -1)[:, 1].mean() > 0.8
+
+
+def test_expert_acts_with_the_parent_the_selector_picks():
+    torch.manual_seed(0)
+    parents = (GaussianPolicy(3, 2), GaussianPolicy(3, 2))
+    selector = Selector(3)
+    with torch.no_grad():  # always the second parent
+        selector.logit_net[-1].bias.copy_(torch.tensor([-20.0, 20.0]))
+    expert = crossover.Expert(selector, parents)
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    means, log_stds = expert.labels(obs, np.random.default_rng(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(means, parents[1](torch.from_numpy(obs))[0].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(expert.choose_parents(obs, np.random.default_rng(1)), 1)
+
+
+def test_dagger_drives_the_child_to_a_fixed_expert():
+    """Both parents the same fixed policy: the child's KL to it on the expert's states falls."""
+    config = RunConfig(env="Pendulum-v1", expert_steps=400, dagger_iterations=3, dagger_steps=100, dagger_epochs=20,
+                       dagger_lr=3e-3, selector_epochs=2)
+    torch.manual_seed(1)
+    expert_policy = GaussianPolicy(3, 1, init_log_std=-0.5)
+    with torch.no_grad():
+        expert_policy.mean_net[-1].weight.mul_(100.0)  # a policy with real opinions
+    child = GaussianPolicy(3, 1)
+    sampler = Sampler("Pendulum-v1", 1, 50, 0, "crossover test")
+    normalizer = ObsNormalizer(3, 10.0)
+    batch, _ = sampler.sample(expert_policy, normalizer, 200)
+
+    def kl_to_expert(states):
+        with torch.no_grad():
+            child_mean, child_log_std = child(torch.from_numpy(states))
+            expert_mean, expert_log_std = expert_policy(torch.from_numpy(states))
+            return gaussian_kl(child_mean, child_log_std, expert_mean, expert_log_std).mean().item()
+
+    before = kl_to_expert(batch.obs)
+    record = crossover.state_space_crossover(expert_policy, expert_policy, batch, batch, child, sampler, normalizer,
+                                             config, seed=0)
+    after = kl_to_expert(batch.obs)
+    assert after < 0.2 * before
+    assert record.env_steps == 400 + 3 * 100 == config.crossover_steps_per_child
+    assert record.imitation_loss < before
+
+
+def test_parameter_space_crossover_takes_each_layer_from_one_parent():
+    torch.manual_seed(2)
+    parent_x, parent_y, child = GaussianPolicy(4, 2), GaussianPolicy(4, 2), GaussianPolicy(4, 2)
+    seen_sources = set()
+    for seed in range(8):
+        sources = crossover.parameter_space_crossover(parent_x, parent_y, child, np.random.default_rng(seed))
+        assert sorted(sources) == ["log_std", "mean_net.0", "mean_net.2", "mean_net.4"]
+        seen_sources.update(sources.values())
+        named_x, named_y = dict(parent_x.named_parameters()), dict(parent_y.named_parameters())
+        for name, parameter in child.named_parameters():
+            layer = name.rsplit(".", 1)[0] if name != "log_std" else name
+            source = (named_x, named_y)[sources[layer]]
+            torch.testing.assert_close(parameter, source[name], rtol=0, atol=0)
+    assert seen_sources == {0, 1}

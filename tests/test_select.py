@@ -1,0 +1,63 @@
+"""SELECT in one process: fitness, pair choice, ties, the random mode, the schedule."""
+import numpy as np
+import pytest
+
+from gpo_mpi import select
+
+
+def test_performance_fitness_is_the_sum_of_returns():
+    fitness = select.performance_fitness(np.array([1.0, 5.0, 3.0]))
+    np.testing.assert_array_equal(fitness, [[2, 6, 4], [6, 10, 8], [4, 8, 6]])
+
+
+def test_fittest_distinct_couples():
+    returns = np.array([10.0, 50.0, 30.0, 40.0])
+    pairs = select.fittest_pairs(select.performance_fitness(returns), 4)
+    # couple sums: (1,3) 90, (1,2) 80, (2,3) 70, (0,1) 60, (0,3) 50, (0,2) 40
+    np.testing.assert_array_equal(pairs, [[1, 3], [1, 2], [2, 3], [0, 1]])
+
+
+def test_ordered_couples_breed_twice():
+    pairs = select.fittest_pairs(select.performance_fitness(np.array([10.0, 50.0, 30.0, 40.0])), 4,
+                                 distinct_couples=False)
+    np.testing.assert_array_equal(pairs, [[1, 3], [3, 1], [1, 2], [2, 1]])
+
+
+def test_ties_go_to_the_first_couple_in_order():
+    pairs = select.fittest_pairs(select.performance_fitness(np.array([1.0, 1.0, 1.0])), 3)
+    np.testing.assert_array_equal(pairs, [[0, 1], [0, 2], [1, 2]])
+
+
+def test_two_members_give_their_one_couple_twice():
+    np.testing.assert_array_equal(select.fittest_pairs(select.performance_fitness(np.array([3.0, 4.0])), 2),
+                                  [[0, 1], [0, 1]])
+
+
+def test_diversity_fitness_prefers_distant_couples():
+    returns = np.array([10.0, 9.0, 1.0])
+    kl = np.array([[0.0, 0.1, 5.0], [0.1, 0.0, 0.2], [4.0, 0.3, 0.0]])
+    performance_only = select.fittest_pairs(select.mixed_fitness(returns, kl, 0.0), 1)
+    diversity_only = select.fittest_pairs(select.mixed_fitness(returns, kl, 1.0), 1)
+    np.testing.assert_array_equal(performance_only, [[0, 1]])
+    np.testing.assert_array_equal(diversity_only, [[0, 2]])
+    mixed = select.mixed_fitness(returns, kl, 0.5)
+    off_diagonal = ~np.eye(3, dtype=bool)
+    assert mixed[off_diagonal].min() >= 0 and mixed[off_diagonal].max() <= 1
+
+
+def test_diversity_schedule_is_linear():
+    assert [select.diversity_weight(r, 5, 1.0, 0.0) for r in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert select.diversity_weight(0, 1, 0.3, 0.9) == 0.3
+
+
+def test_random_pairs_are_couples_of_two_members_and_seeded():
+    pairs = select.random_pairs(5, 1000, np.random.default_rng(0))
+    assert pairs.shape == (1000, 2) and np.all(pairs[:, 0] != pairs[:, 1])
+    assert set(pairs.ravel()) == set(range(5))
+    np.testing.assert_array_equal(pairs, select.random_pairs(5, 1000, np.random.default_rng(0)))
+    assert not np.array_equal(pairs, select.random_pairs(5, 1000, np.random.default_rng(1)))
+
+
+def test_pair_fitness_reads_the_table():
+    fitness = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(select.pair_fitness(fitness, np.array([[0, 2], [2, 1]])), [2.0, 7.0])
