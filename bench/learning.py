@@ -3,10 +3,11 @@
     python bench/learning.py --run [--total-steps 1000000] [--seed 0]
     python bench/learning.py RUN.h5 [RUN.h5 ...]      # summarize existing run files only
 
-With --run it starts, one after the other, the two runs of issue 3:
+With --run it starts, one after the other, the mutation engine's two runs:
     mpiexec -n 2 gpo-mpi --algo single --population 2 --env Hopper-v5 --total-steps N
     mpiexec -n 1 gpo-mpi --algo joint --population 1 --env Hopper-v5 --total-steps N
-(plus any `--extra NAME 'ARGS'` runs), writing run files to runs/. Then,
+or with --compare M the GPO, Single and Joint runs with population M on M
+ranks (plus any `--extra NAME RANKS 'ARGS'` runs), writing run files to runs/. Then,
 for every run file, it prints a markdown table (best and final mean
 training-episode return of the best member, wall time) and draws the
 curves of every member against environment steps into one PNG.
@@ -83,6 +84,10 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--env", default="Hopper-v5")
+    parser.add_argument("--compare", type=int, metavar="M",
+                        help="instead of the two mutation-engine runs: GPO, Single and Joint with population M "
+                             "on M ranks, the same budget and seed")
+    parser.add_argument("--rounds", type=int, default=12, help="GPO rounds for --compare")
     parser.add_argument("--extra", nargs=3, action="append", default=[], metavar=("NAME", "RANKS", "ARGS"),
                         help="one more run: its name, rank count and gpo-mpi arguments")
     parser.add_argument("--out", type=Path, default=Path("docs/learning-hopper"),
@@ -93,8 +98,14 @@ def main() -> None:
     if args.run:
         Path("runs").mkdir(exist_ok=True)
         common = f"--env {args.env} --total-steps {args.total_steps} --seed {args.seed}"
-        planned = [("single", 2, f"--algo single --population 2 {common}"),
-                   ("joint", 1, f"--algo joint --population 1 {common}")]
+        if args.compare:
+            m = args.compare
+            planned = [(f"gpo-m{m}", m, f"--algo gpo --population {m} --rounds {args.rounds} {common}"),
+                       (f"single-m{m}", m, f"--algo single --population {m} {common}"),
+                       (f"joint-m{m}", m, f"--algo joint --population {m} {common}")]
+        else:
+            planned = [("single", 2, f"--algo single --population 2 {common}"),
+                       ("joint", 1, f"--algo joint --population 1 {common}")]
         planned += [(name, int(ranks), f"{extra} {common}") for name, ranks, extra in args.extra]
         for name, n_ranks, arguments in planned:
             out = Path("runs") / f"{name}.h5"

@@ -48,7 +48,7 @@ class RunConfig:
     """Path of the HDF5 run file written by rank 0."""
 
     # ------------------------------------------------------------ environment
-    n_envs: int = 1
+    n_envs: int = 4
     """Environments each member steps side by side (a gymnasium SyncVectorEnv); one policy forward per step serves all."""
     horizon: int = 0
     """Episode time limit in steps; 0 keeps the environment's own (1000 for MuJoCo v5). The paper used 512."""

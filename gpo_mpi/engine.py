@@ -354,5 +354,5 @@ class Population:
             member_returns = self.returns.member_returns()
             best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
             keep = slice(0, 1) if self.joint else slice(None)
-            self.writer.write_final(all_policies[keep], all_critics[keep], best)
+            self.writer.write_final(all_policies[keep], all_critics[keep], best, self.normalizer.state())
             self.writer.close()

@@ -28,6 +28,7 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /final/policy_parameters     (m, P)    float32  each member's flat policy parameters at the end
     /final/critic_parameters     (m, C)    float32  each member's flat critic parameters at the end
     /final/best_policy_parameters (P,)     float32  the best member's policy (attr final.best_member)
+    /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
 
 Rows are appended and flushed as the run goes, so a running or killed
 run's file can be read with h5py (or `gpo-mpi info`).
@@ -83,7 +84,9 @@ class RunFileWriter:
     def flush(self) -> None:
         self.file.flush()
 
-    def write_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int) -> None:
+    def write_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
+                    normalizer_state: np.ndarray) -> None:
+        self.file.create_dataset("final/obs_normalizer", data=normalizer_state)
         self.file.create_dataset("final/policy_parameters", data=policy_parameters)
         self.file.create_dataset("final/critic_parameters", data=critic_parameters)
         self.file.create_dataset("final/best_policy_parameters", data=policy_parameters[best_member])

@@ -144,3 +144,14 @@ def test_gaussian_log_prob_matches_torch_distributions():
     log_std = torch.randn(3, dtype=torch.float64)
     expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(actions).sum(-1)
     torch.testing.assert_close(gaussian_log_prob(mean, log_std, actions), expected)
+
+
+def test_evaluation_runs_whole_episodes():
+    from gpo_mpi.evaluate import episode_returns
+    torch.manual_seed(0)
+    policy, normalizer = GaussianPolicy(3, 1), ObsNormalizer(3, 10.0)
+    returns = episode_returns(policy, normalizer, "Pendulum-v1", episodes=3, seed=4, horizon=10)
+    assert returns.shape == (3,) and np.all(returns < 0)  # Pendulum's rewards are costs
+    np.testing.assert_array_equal(returns, episode_returns(policy, normalizer, "Pendulum-v1", 3, 4, 10))
+    deterministic = episode_returns(policy, normalizer, "Pendulum-v1", 3, 4, 10, deterministic=True)
+    assert not np.array_equal(deterministic, returns)
