@@ -42,7 +42,7 @@ def run(config: RunConfig, comm) -> None:
         if round_index < config.n_rounds - 1:
             jobs = population.select(round_index)
             population.crossover(jobs, round_index)
-        population.record_round()
+        population.record_round(round_index)
     population.finish()
 
 
@@ -261,11 +261,12 @@ class Population:
             jobs = None
             if self.rank == 0:
                 member_returns = self.returns.member_returns()
-                ranked_returns = np.where(np.isfinite(member_returns), member_returns, -np.inf)
+                # A member with no finished episode yet ranks as the worst one.
+                finite = np.isfinite(member_returns)
+                ranked_returns = np.where(finite, member_returns, member_returns[finite].min() if finite.any() else 0.0)
                 weight = select.diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
                                                  config.diversity_weight_end)
-                fitness = select.mixed_fitness(np.nan_to_num(member_returns, nan=np.nanmin(
-                    member_returns, initial=0.0)), kl, weight)
+                fitness = select.mixed_fitness(ranked_returns, kl, weight)
                 if config.has("S"):
                     pairs = select.fittest_pairs(fitness, config.population, config.distinct_couples)
                 else:
@@ -336,12 +337,16 @@ class Population:
         return diagnostics
 
     # ------------------------------------------------------------- record
-    def record_round(self) -> None:
+    def record_round(self, round_index: int) -> None:
         times = self.timer.take()
         if self.writer:
-            self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0)
-                                  for phase in ("mutate", "select", "crossover", "communication")})
+            phases = ("mutate", "select", "crossover", "communication")
+            self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in phases})
             self.writer.flush()
+            returns = self.returns.member_returns()
+            best = f"{np.nanmax(returns):.1f}" if np.isfinite(returns).any() else "n/a"
+            print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
+                  + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
 
     def finish(self) -> None:
         policies = np.stack([flat_parameters(lm.member.policy) for lm in self.local])

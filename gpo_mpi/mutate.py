@@ -92,7 +92,7 @@ class Member:
 
     @classmethod
     def create(cls, index: int, obs_dim: int, act_dim: int, config: RunConfig, seed: int) -> "Member":
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the initial weights depend on the member's seed alone
         policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
         critic = Critic(obs_dim, config.critic_hidden)
         return cls(index=index, policy=policy, critic=critic,
