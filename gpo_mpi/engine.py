@@ -138,6 +138,7 @@ class Population:
         self.iteration = 0
         self.start_time = time.monotonic()
         self.awaiting_child_returns = False
+        self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
 
     def _mpi(self, collective, *args, **kwargs):
         """Call a gpo_mpi.mpi collective with this run's communicator, timed as communication."""
@@ -244,6 +245,7 @@ class Population:
         rate = self.env_steps / elapsed
         eta = (config.total_steps - self.env_steps) / rate
         finite = returns[np.isfinite(returns)]
+        self.latest_best_return = finite.max() if len(finite) else np.nan
         mean_text, best_text = (f"{finite.mean():8.1f}", f"{finite.max():8.1f}") if len(finite) else ("n/a",) * 2
         print(f"iter {self.iteration:4d}/{config.iterations} | round {round_index + 1:2d} | "
               f"steps {self.env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
@@ -343,8 +345,7 @@ class Population:
             phases = ("mutate", "select", "crossover", "communication")
             self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in phases})
             self.writer.flush()
-            returns = self.returns.member_returns()
-            best = f"{np.nanmax(returns):.1f}" if np.isfinite(returns).any() else "n/a"
+            best = f"{self.latest_best_return:.1f}" if np.isfinite(self.latest_best_return) else "n/a"
             print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
                   + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
 
