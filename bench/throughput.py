@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 torch.set_num_threads(1)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .mutate import gaussian_kl
+from .mutate import gaussian_kl, minibatch_indices
 from .networks import GaussianPolicy, Selector
 from .rollout import Batch, ObsNormalizer, Sampler
 
@@ -55,12 +55,6 @@ def return_weights(state_returns: np.ndarray) -> np.ndarray:
     return weights / max(weights.mean(), 1e-12)
 
 
-def _minibatches(n_rows: int, size: int, generator: torch.Generator):
-    order = torch.randperm(n_rows, generator=generator)
-    for start in range(0, n_rows, size):
-        yield order[start:start + size]
-
-
 def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.ndarray, weights: np.ndarray,
                    config: RunConfig, generator: torch.Generator) -> float:
     """Weighted maximum likelihood: minimize -E_s[w_s log pi_S(parent_of_s | s)].
@@ -71,7 +65,7 @@ def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.nda
     weights_t = torch.from_numpy(weights.astype(np.float32))
     for _ in range(config.selector_epochs):
         losses = []
-        for rows in _minibatches(len(states_t), config.crossover_minibatch, generator):
+        for rows in minibatch_indices(len(states_t), config.crossover_minibatch, generator):
             log_probs = torch.log_softmax(selector(states_t[rows]), dim=-1)
             chosen = log_probs.gather(1, labels_t[rows, None]).squeeze(1)
             loss = -(weights_t[rows] * chosen).mean()
@@ -116,7 +110,7 @@ def imitation_epochs(child: GaussianPolicy, optimizer: torch.optim.Optimizer, st
     """Minimize the closed-form KL[pi_child(.|s) || target(.|s)]; returns the last epoch's mean loss."""
     for _ in range(epochs):
         losses = []
-        for rows in _minibatches(len(states), minibatch, generator):
+        for rows in minibatch_indices(len(states), minibatch, generator):
             mean, log_std = child(states[rows])
             loss = gaussian_kl(mean, log_std, target_means[rows], target_log_stds[rows]).mean()
             optimizer.zero_grad()

@@ -23,7 +23,7 @@ import torch
 from . import crossover, mpi, select
 from .config import RunConfig
 from .mutate import Member, kl_matrix, pool_batches, share_sets, update
-from .networks import Critic, GaussianPolicy, flat_parameters, load_flat_parameters
+from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, ObsNormalizer, Sampler, space_sizes
 from .runfile import RunFileWriter
 

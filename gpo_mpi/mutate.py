@@ -137,13 +137,14 @@ def pool_batches(critic: Critic, batches: Sequence[Batch], own_index: int, confi
                       returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own))
 
 
-def _minibatches(n_rows: int, size: int, generator: torch.Generator):
-    """Index tensors covering a random permutation of the rows; size 0 means all rows at once."""
+def minibatch_indices(n_rows: int, size: int, generator: torch.Generator):
+    """Index tensors covering a random permutation of the rows in chunks of `size`
+    (the last may be smaller); size 0 means all rows at once, in order."""
     if size == 0 or size >= n_rows:
         yield torch.arange(n_rows)
         return
     order = torch.randperm(n_rows, generator=generator)
-    for start in range(0, n_rows - size + 1, size):
+    for start in range(0, n_rows, size):
         yield order[start:start + size]
 
 
@@ -215,7 +216,7 @@ def update(member: Member, data: PooledData, config: RunConfig,
     for epoch in range(max(policy_epochs, config.critic_epochs)):
         trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
         chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
-        for rows in _minibatches(len(data.obs), config.minibatch, member.generator):
+        for rows in minibatch_indices(len(data.obs), config.minibatch, member.generator):
             loss = torch.zeros(())
             if trains_policy:
                 last_policy_loss = policy_loss(rows)

@@ -52,10 +52,6 @@ class GaussianPolicy(nn.Module):
         """Mean (batch, act_dim) and log-std (act_dim,)."""
         return self.mean_net(obs), self.log_std
 
-    def distribution(self, obs: torch.Tensor) -> torch.distributions.Normal:
-        mean, log_std = self(obs)
-        return torch.distributions.Normal(mean, log_std.exp())
-
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(a|s) summed over action dimensions, one value per row."""
         mean, log_std = self(obs)

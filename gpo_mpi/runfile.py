@@ -95,8 +95,3 @@ class RunFileWriter:
     def close(self) -> None:
         self.file.close()
 
-
-def read_config(path: str) -> dict:
-    """The resolved config stored in a run file."""
-    with h5py.File(path, "r") as handle:
-        return json.loads(handle.attrs["config"])

@@ -1,8 +1,6 @@
 """CROSSOVER in one process: trajectories, the selector, DAgger, parameter-space crossover."""
-import dataclasses
 
 import numpy as np
-import pytest
 import torch
 
 from gpo_mpi import crossover

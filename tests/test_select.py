@@ -1,6 +1,5 @@
 """SELECT in one process: fitness, pair choice, ties, the random mode, the schedule."""
 import numpy as np
-import pytest
 
 from gpo_mpi import select
 
