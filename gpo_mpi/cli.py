@@ -61,11 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action=_VersionAction, help="print the version, kernel backend, MPI library and torch threads"
     )
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (automatic when SLURM restarts "
+                             "a job whose run file exists)")
     config.add_arguments(parser)
     return parser
 
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
+EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
+
+
+def should_resume(asked: bool, run_file: str) -> bool:
+    """--resume, or a job that SLURM restarted (requeued) with its run file in place."""
+    restarted = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    return asked or (restarted and os.path.exists(run_file))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,9 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     # Every rank checks the same input and fails alike; rank 0 alone says why.
     try:
         run_config = config.from_arguments(parsed, comm.Get_size())
-        run(run_config, comm)
+        completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out))
     except (config.ConfigError, EnvironmentError_) as error:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    if not completed:
+        if comm.Get_rank() == 0:
+            print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "
+                  f"continue with --resume", file=sys.stderr, flush=True)
+        return EXIT_STOPPED
     return 0

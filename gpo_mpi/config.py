@@ -47,6 +47,9 @@ class RunConfig:
     out: str = "run.h5"
     """Path of the HDF5 run file written by rank 0."""
 
+    checkpoint_every: int = 10
+    """Iterations between checkpoints inside a round (0: only at round ends). A checkpoint restarts every environment."""
+
     # ------------------------------------------------------------ environment
     n_envs: int = 4
     """Environments each member steps side by side (a gymnasium SyncVectorEnv); one policy forward per step serves all."""
@@ -108,7 +111,7 @@ class RunConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ["horizon", "minibatch", "seed"]:
+        for name in ["horizon", "minibatch", "seed", "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:

@@ -12,6 +12,8 @@ round's mutation (its children would never be trained or evaluated).
 """
 from __future__ import annotations
 
+import pickle
+import signal
 import time
 from collections import defaultdict, deque
 from contextlib import contextmanager
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import crossover, mpi, select
-from .config import RunConfig
+from . import checkpoint, crossover, mpi, select
+from .config import ConfigError, RunConfig
 from .mutate import Member, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, ObsNormalizer, Sampler, space_sizes
@@ -34,22 +36,33 @@ def member_seed(config: RunConfig, index: int) -> int:
     return config.seed + 1000 * index
 
 
-def run(config: RunConfig, comm) -> None:
-    """One run: `config.n_rounds` rounds of MUTATE, SELECT, CROSSOVER."""
-    population = Population(config, comm)
-    for round_index in range(config.n_rounds):
-        population.mutate(round_index)
+def run(config: RunConfig, comm, resume: bool = False) -> bool:
+    """One run: `config.n_rounds` rounds of MUTATE, SELECT, CROSSOVER.
+
+    With `resume`, continues from the run file's checkpoint. Returns False
+    when a signal stopped the run at a checkpoint before its end.
+    """
+    population = Population(config, comm, resume)
+    for round_index in range(population.round_index, config.n_rounds):
+        if not population.mutate(round_index):
+            return False
         if round_index < config.n_rounds - 1:
             jobs = population.select(round_index)
             population.crossover(jobs, round_index)
         population.record_round(round_index)
+        if round_index < config.n_rounds - 1:
+            population.checkpoint(round_index + 1, 0)
+            if population.stop_agreed:
+                return False
     population.finish()
+    return True
 
 
 @dataclass
 class LocalMember:
     member: Member
     sampler: Sampler
+    sampler_seed: int  # restarts derive their seeds from it
 
 
 class PhaseTimer:
@@ -111,7 +124,7 @@ def format_duration(seconds: float) -> str:
 class Population:
     """One rank's share of the population and the phases of a round."""
 
-    def __init__(self, config: RunConfig, comm):
+    def __init__(self, config: RunConfig, comm, resume: bool = False):
         self.config, self.comm = config, comm
         self.rank, self.n_ranks = comm.Get_rank(), comm.Get_size()
         self.obs_dim, self.act_dim = space_sizes(config.env, config.horizon)
@@ -126,19 +139,31 @@ class Population:
             self.steps_per_sampler = config.batch_steps
             sampler_seeds = [member_seed(config, i) + 1 for i in member_indices]
         self.local = [LocalMember(Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)),
-                                  Sampler(config.env, config.n_envs, config.horizon, seed, f"member {i}"))
+                                  Sampler(config.env, config.n_envs, config.horizon, seed, f"member {i}"), seed)
                       for i, seed in zip(member_indices, sampler_seeds)]
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
-        self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
         self.returns = ReturnLog(config.n_policies)
         self.share_sets = [np.array([i]) for i in range(config.n_policies)]
         self.last_batches: list[Batch] = []
         self.env_steps = 0
         self.iteration = 0
+        self.round_index, self.step_in_round = 0, 0  # where the run goes on
+        self.elapsed_before = 0.0  # wall time of the run before a resume
         self.start_time = time.monotonic()
         self.awaiting_child_returns = False
         self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
+        self.stop_requested = self.stop_agreed = False
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signal_number, self._request_stop)
+        if resume:
+            self.writer = self.restore()
+        else:
+            self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
+
+    def _request_stop(self, signal_number, frame) -> None:
+        # Only a flag: the ranks agree on it at the next safe point (see mutate).
+        self.stop_requested = True
 
     def _mpi(self, collective, *args, **kwargs):
         """Call a gpo_mpi.mpi collective with this run's communicator, timed as communication."""
@@ -146,21 +171,89 @@ class Population:
             return collective(self.comm, *args, **kwargs)
 
     # ------------------------------------------------------------- MUTATE
-    def mutate(self, round_index: int) -> None:
+    def mutate(self, round_index: int) -> bool:
+        """The round's policy-gradient iterations. Returns False if the run was stopped
+        by a signal (after writing a checkpoint)."""
         config = self.config
-        with self.timer("mutate"):
-            for step in range(config.iterations_per_round):
+        first_step, self.step_in_round = self.step_in_round, 0
+        for step in range(first_step, config.iterations_per_round):
+            with self.timer("mutate"):
                 sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, self.steps_per_sampler)
                            for lm in self.local]
                 self.last_batches = [batch for batch, _ in sampled]
                 if step == 0 and config.algo == "gpo":
                     self.measure_sharing(round_index)
                 stats = self.update_members()
+                # One Allreduce carries the observation sums and whether any rank got a stop signal.
                 raw_obs = np.concatenate([raw for _, raw in sampled])
-                self.normalizer.update_from_sums(self._mpi(mpi.allreduce_sum, ObsNormalizer.sums(raw_obs)))
+                sums = np.append(ObsNormalizer.sums(raw_obs), float(self.stop_requested))
+                totals = self._mpi(mpi.allreduce_sum, sums)
+                self.normalizer.update_from_sums(totals[:-1])
+                self.stop_agreed = totals[-1] > 0
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
                 self.record_iteration(round_index, stats)
+            last_of_round = step + 1 == config.iterations_per_round
+            if last_of_round:
+                continue  # a stop waits for the checkpoint after this round's breeding
+            if self.stop_agreed or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
+                self.checkpoint(round_index, step + 1)
+                if self.stop_agreed:
+                    return False
+        return True
+
+    # --------------------------------------------------------- checkpoints
+    def restart_samplers(self) -> None:
+        """New episodes everywhere, seeded by member and iteration (see gpo_mpi.checkpoint)."""
+        for lm in self.local:
+            lm.sampler.restart(lm.sampler_seed + 7919 * self.iteration)
+
+    def checkpoint(self, round_index: int, step_in_round: int) -> None:
+        """Save everything needed to go on from (round, step) into the run file."""
+        self.restart_samplers()
+        rank_state = pickle.dumps([checkpoint.member_state(lm.member) for lm in self.local])
+        rank_states = self._mpi(mpi.gather_objects, rank_state)
+        if self.writer:
+            shared = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
+                          env_steps=self.env_steps, share_sets=self.share_sets,
+                          normalizer=self.normalizer.state(), windows=[list(w) for w in self.returns.windows],
+                          awaiting_child_returns=self.awaiting_child_returns,
+                          latest_best_return=self.latest_best_return, lengths=self.writer.lengths(),
+                          elapsed=self.elapsed_before + time.monotonic() - self.start_time)
+            self.writer.close()
+            checkpoint.write(self.config.out, shared, rank_states)
+            self.writer.reopen()
+
+    def restore(self) -> RunFileWriter | None:
+        """Load the run file's checkpoint into this rank (and return rank 0's writer)."""
+        loaded, error = None, None
+        if self.rank == 0:
+            try:
+                loaded = checkpoint.read(self.config.out, self.config, self.n_ranks)
+            except ConfigError as exception:
+                error = str(exception)
+        error = self._mpi(mpi.bcast_object, error)
+        if error:
+            raise ConfigError(error)
+        shared = self._mpi(mpi.bcast_object, loaded[0] if loaded else None)
+        rank_state = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
+        for lm, state in zip(self.local, pickle.loads(rank_state)):
+            checkpoint.restore_member(lm.member, state)
+        self.round_index, self.step_in_round = shared["round_index"], shared["step_in_round"]
+        self.iteration, self.env_steps = shared["iteration"], shared["env_steps"]
+        self.share_sets = shared["share_sets"]
+        self.normalizer.load_state(shared["normalizer"])
+        self.elapsed_before = shared["elapsed"]
+        self.restart_samplers()
+        if self.rank != 0:
+            return None
+        for window, values in zip(self.returns.windows, shared["windows"]):
+            window.extend(values)
+        self.awaiting_child_returns = shared["awaiting_child_returns"]
+        self.latest_best_return = shared["latest_best_return"]
+        print(f"resuming {self.config.out} at iteration {self.iteration} (round {self.round_index + 1}), "
+              f"{self.env_steps:,} steps done", flush=True)
+        return RunFileWriter(self.config.out, self.config, self.n_ranks, lengths=shared["lengths"])
 
     def measure_sharing(self, round_index: int) -> None:
         """Component M: the KL matrix on this round's first batches decides S_i."""
@@ -237,12 +330,12 @@ class Population:
         # Joint's one member appears once per rank with equal values: any copy will do.
         beta[member_stats[:, 0].astype(int)] = member_stats[:, 1]
         policy_kl[member_stats[:, 0].astype(int)] = member_stats[:, 2]
-        elapsed = time.monotonic() - self.start_time
+        elapsed = self.elapsed_before + time.monotonic() - self.start_time
         self.writer.append(iterations__env_steps=self.env_steps, iterations__wall_time=elapsed,
                            iterations__round=round_index, iterations__member_return=returns,
                            iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl)
         self.writer.flush()
-        rate = self.env_steps / elapsed
+        rate = self.env_steps / max(elapsed, 1e-9)
         eta = (config.total_steps - self.env_steps) / rate
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan
@@ -299,8 +392,6 @@ class Population:
                 diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, batches, round_index))
             self.env_steps += config.population * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
-        for lm in self.local:
-            lm.sampler.reset()  # children start fresh episodes; the parents' unfinished ones are dropped
         if self.writer:
             self.writer.append(breeding__selector_loss=rows[:, 0], breeding__imitation_loss=rows[:, 1],
                                breeding__second_parent_share=rows[:, 2])

@@ -23,6 +23,9 @@ __all__ = [
     "allreduce_sum",
     "average_gradients",
     "check_synced",
+    "gather_objects",
+    "scatter_objects",
+    "bcast_object",
     "library_version",
 ]
 
@@ -128,6 +131,22 @@ def average_gradients(comm: MPI.Comm, parameters) -> None:
         size = p.grad.numel()
         p.grad.numpy().reshape(-1)[:] = mean[offset:offset + size]
         offset += size
+
+
+def gather_objects(comm: MPI.Comm, value, root: int = 0) -> list | None:
+    """Every rank's picklable value on `root` (None elsewhere). For checkpoints
+    only: pickling is slow, and they are rare."""
+    return comm.gather(value, root=root)
+
+
+def scatter_objects(comm: MPI.Comm, values: list | None, root: int = 0):
+    """Rank r receives root's values[r] (pickled; checkpoints only)."""
+    return comm.scatter(values, root=root)
+
+
+def bcast_object(comm: MPI.Comm, value, root: int = 0):
+    """Root's picklable value on every rank (small metadata, checkpoints)."""
+    return comm.bcast(value, root=root)
 
 
 def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> None:

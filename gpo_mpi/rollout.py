@@ -164,10 +164,15 @@ class Sampler:
     def close(self) -> None:
         self.envs.close()
 
-    def reset(self) -> None:
-        """Start new episodes in every environment; unfinished ones are dropped
-        from the episode record (GPO does this when children replace parents)."""
-        self.raw_obs, _ = self.envs.reset()
+    def restart(self, seed: int) -> None:
+        """Start new episodes in every environment, and the action noise, from `seed`.
+
+        Unfinished episodes are dropped from the episode record. Afterwards the
+        sampler's state is a function of the seed alone, which is what lets a
+        checkpoint skip saving environment internals.
+        """
+        self.raw_obs, _ = self.envs.reset(seed=seed)
+        self.action_rng = np.random.default_rng(seed)
         self.running_return[:] = 0.0
         self.running_length[:] = 0
 

@@ -48,13 +48,11 @@ FORMAT_VERSION = 1
 
 
 class RunFileWriter:
-    def __init__(self, path: str, config: RunConfig, n_ranks: int):
-        self.file = h5py.File(path, "w")
-        self.file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
-                               config=json.dumps(to_dict(config)), n_ranks=n_ranks)
-        config_group = self.file.create_group("config")
-        for name, value in to_dict(config).items():
-            config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
+    """Rank 0's handle on the run file: a new one, or (`lengths` given) an
+    existing one cut back to a checkpoint's dataset lengths."""
+
+    def __init__(self, path: str, config: RunConfig, n_ranks: int, lengths: dict | None = None):
+        self.path = path
         m = config.n_policies
         self._growing = {
             "iterations/env_steps": ((), np.int64), "iterations/wall_time": ((), np.float64),
@@ -70,9 +68,27 @@ class RunFileWriter:
             "breeding/selector_loss": ((m,), np.float64), "breeding/imitation_loss": ((m,), np.float64),
             "breeding/second_parent_share": ((m,), np.float64),
         }
+        if lengths is not None:
+            self.file = h5py.File(path, "a")
+            for name, length in lengths.items():
+                self.file[name].resize(length, axis=0)
+            return
+        self.file = h5py.File(path, "w")
+        self.file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
+                               config=json.dumps(to_dict(config)), n_ranks=n_ranks)
+        config_group = self.file.create_group("config")
+        for name, value in to_dict(config).items():
+            config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
         for name, (row_shape, dtype) in self._growing.items():
             self.file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
                                      chunks=(64,) + row_shape)
+
+    def lengths(self) -> dict:
+        """Rows in every growing dataset now (a checkpoint stores them)."""
+        return {name: len(self.file[name]) for name in self._growing}
+
+    def reopen(self) -> None:
+        self.file = h5py.File(self.path, "a")
 
     def append(self, **rows) -> None:
         """Append one row to each named dataset (`iterations/beta=...` spelled `iterations__beta`)."""

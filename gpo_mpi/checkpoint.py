@@ -1,0 +1,107 @@
+"""Checkpoints inside the run file, and reading them back for --resume.
+
+A checkpoint is the group /checkpoint of the run file: one pickled state per
+rank (its members' networks, optimizers, penalty weights and minibatch
+generators) and one shared state from rank 0 (position in the run,
+counters, observation statistics, the return windows, the lengths of every
+growing dataset). Environments are not saved: at every checkpoint each
+sampler restarts from a seed that depends only on the member and the
+iteration, in an uninterrupted run as in a resumed one, so the two go on
+identically.
+
+The file is replaced atomically: rank 0 copies it, writes the checkpoint
+into the copy, and renames the copy over the original, so a kill during the
+write leaves the previous checkpoint whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import h5py
+import numpy as np
+
+from .config import ConfigError, RunConfig, to_dict
+from .mutate import Member
+from .runfile import FORMAT
+
+GROUP = "checkpoint"
+
+
+def member_state(member: Member) -> dict:
+    return dict(index=member.index, policy=member.policy.state_dict(), critic=member.critic.state_dict(),
+                policy_optimizer=member.policy_optimizer.state_dict(),
+                critic_optimizer=member.critic_optimizer.state_dict(), beta=member.beta,
+                generator=member.generator.get_state())
+
+
+def restore_member(member: Member, state: dict) -> None:
+    if state["index"] != member.index:
+        raise ConfigError(f"checkpoint holds member {state['index']} where member {member.index} was expected")
+    member.policy.load_state_dict(state["policy"])
+    member.critic.load_state_dict(state["critic"])
+    member.policy_optimizer.load_state_dict(state["policy_optimizer"])
+    member.critic_optimizer.load_state_dict(state["critic_optimizer"])
+    member.beta = state["beta"]
+    member.generator.set_state(state["generator"])
+
+
+def write(path: str, shared_state: dict, rank_states: list[bytes]) -> None:
+    """Replace the run file at `path` by a copy that holds this checkpoint (rank 0 only;
+    the caller has closed its handle on the file)."""
+    temporary = path + ".tmp"
+    shutil.copyfile(path, temporary)
+    with h5py.File(temporary, "a") as run_file:
+        if GROUP in run_file:
+            del run_file[GROUP]
+        group = run_file.create_group(GROUP)
+        group.create_dataset("shared", data=np.void(pickle.dumps(shared_state)))
+        for rank, blob in enumerate(rank_states):
+            group.create_dataset(f"rank{rank}", data=np.void(blob))
+        group.attrs["n_ranks"] = len(rank_states)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]:
+    """The checkpoint in a run file, after checking that it belongs to this run.
+
+    Raises ConfigError (one line) for a file that is missing, not HDF5, not
+    a gpo-mpi run file, from another configuration or rank count, or
+    without a checkpoint.
+    """
+    if not os.path.exists(path):
+        raise ConfigError(f"cannot resume: run file {path} does not exist")
+    try:
+        run_file = h5py.File(path, "r")
+    except OSError as error:
+        raise ConfigError(f"cannot resume: {path} is not a readable HDF5 file ({error})") from None
+    with run_file:
+        if run_file.attrs.get("format") != FORMAT:
+            raise ConfigError(f"cannot resume: {path} is not a gpo-mpi run file")
+        stored = json.loads(run_file.attrs["config"])
+        wanted = json.loads(json.dumps(to_dict(config)))
+        differing = sorted(name for name in set(stored) | set(wanted)
+                           if name != "out" and stored.get(name) != wanted.get(name))
+        if differing:
+            details = ", ".join(f"{name} ({stored.get(name)!r} in the file, {wanted.get(name)!r} now)"
+                                for name in differing)
+            raise ConfigError(f"cannot resume: {path} was made with a different configuration: {details}")
+        if int(run_file.attrs["n_ranks"]) != n_ranks:
+            raise ConfigError(f"cannot resume: {path} was written by {int(run_file.attrs['n_ranks'])} ranks, "
+                              f"this job has {n_ranks}")
+        if "final" in run_file:
+            raise ConfigError(f"cannot resume: the run in {path} is already complete")
+        if GROUP not in run_file:
+            raise ConfigError(f"cannot resume: {path} holds no checkpoint yet")
+        try:
+            group = run_file[GROUP]
+            shared = pickle.loads(group["shared"][()].tobytes())
+            rank_states = [group[f"rank{rank}"][()].tobytes() for rank in range(n_ranks)]
+        except (KeyError, pickle.UnpicklingError, EOFError, ValueError) as error:
+            raise ConfigError(f"cannot resume: the checkpoint in {path} is damaged ({error})") from None
+    return shared, rank_states
+

@@ -1,0 +1,25 @@
+"""Run under mpiexec: gpo-mpi, with a real SIGUSR1 sent to one rank after a given iteration.
+
+    mpiexec -n N python interrupt.py RANK ITERATION [gpo-mpi arguments...]
+
+The ranks learn of the signal at their next agreement point, write a
+checkpoint and exit with gpo-mpi's "stopped" code.
+"""
+import os
+import signal
+import sys
+
+from gpo_mpi import cli, engine
+
+rank_to_signal, at_iteration = int(sys.argv[1]), int(sys.argv[2])
+record_iteration = engine.Population.record_iteration
+
+
+def record_then_signal(self, round_index, stats):
+    record_iteration(self, round_index, stats)
+    if self.rank == rank_to_signal and self.iteration == at_iteration:
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+engine.Population.record_iteration = record_then_signal
+sys.exit(cli.main(sys.argv[3:]))
