@@ -9,16 +9,15 @@ sampler restarts from a seed that depends only on the member and the
 iteration, in an uninterrupted run as in a resumed one, so the two go on
 identically.
 
-The file is replaced atomically: rank 0 copies it, writes the checkpoint
-into the copy, and renames the copy over the original, so a kill during the
-write leaves the previous checkpoint whole.
+Rank 0 writes it with the rows gathered since the last one, into a copy
+of the run file that then replaces the original (`RunFileWriter.commit`),
+so a kill during the write leaves the previous checkpoint whole.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import shutil
 
 import h5py
 import numpy as np
@@ -48,22 +47,15 @@ def restore_member(member: Member, state: dict) -> None:
     member.generator.set_state(state["generator"])
 
 
-def write(path: str, shared_state: dict, rank_states: list[bytes]) -> None:
-    """Replace the run file at `path` by a copy that holds this checkpoint (rank 0 only;
-    the caller has closed its handle on the file)."""
-    temporary = path + ".tmp"
-    shutil.copyfile(path, temporary)
-    with h5py.File(temporary, "a") as run_file:
-        if GROUP in run_file:
-            del run_file[GROUP]
-        group = run_file.create_group(GROUP)
-        group.create_dataset("shared", data=np.void(pickle.dumps(shared_state)))
-        for rank, blob in enumerate(rank_states):
-            group.create_dataset(f"rank{rank}", data=np.void(blob))
-        group.attrs["n_ranks"] = len(rank_states)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def write_group(run_file: h5py.File, shared_state: dict, rank_states: list[bytes]) -> None:
+    """Put a checkpoint into an open run file, replacing the previous one."""
+    if GROUP in run_file:
+        del run_file[GROUP]
+    group = run_file.create_group(GROUP)
+    group.create_dataset("shared", data=np.void(pickle.dumps(shared_state)))
+    for rank, blob in enumerate(rank_states):
+        group.create_dataset(f"rank{rank}", data=np.void(blob))
+    group.attrs["n_ranks"] = len(rank_states)
 
 
 def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]:

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
+EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
 
 
 def should_resume(asked: bool, run_file: str) -> bool:
@@ -90,16 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     parsed = build_parser().parse_args(arguments)
 
     from .engine import run
-    from .rollout import EnvironmentError_
+    from .rollout import NonFiniteError, UnusableEnvironment
 
     # Every rank checks the same input and fails alike; rank 0 alone says why.
     try:
         run_config = config.from_arguments(parsed, comm.Get_size())
         completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out))
-    except (config.ConfigError, EnvironmentError_) as error:
+    except (config.ConfigError, UnusableEnvironment) as error:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
+    except NonFiniteError as error:  # one rank's numbers went bad mid-run: end every rank from here
+        print(f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint in "
+              f"{run_config.out} is intact", file=sys.stderr, flush=True)
+        comm.Abort(EXIT_NON_FINITE)
     if not completed:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "

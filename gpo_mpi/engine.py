@@ -220,9 +220,7 @@ class Population:
                           awaiting_child_returns=self.awaiting_child_returns,
                           latest_best_return=self.latest_best_return, lengths=self.writer.lengths(),
                           elapsed=self.elapsed_before + time.monotonic() - self.start_time)
-            self.writer.close()
-            checkpoint.write(self.config.out, shared, rank_states)
-            self.writer.reopen()
+            self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
 
     def restore(self) -> RunFileWriter | None:
         """Load the run file's checkpoint into this rank (and return rank 0's writer)."""
@@ -334,7 +332,6 @@ class Population:
         self.writer.append(iterations__env_steps=self.env_steps, iterations__wall_time=elapsed,
                            iterations__round=round_index, iterations__member_return=returns,
                            iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl)
-        self.writer.flush()
         rate = self.env_steps / max(elapsed, 1e-9)
         eta = (config.total_steps - self.env_steps) / rate
         finite = returns[np.isfinite(returns)]
@@ -435,7 +432,6 @@ class Population:
         if self.writer:
             phases = ("mutate", "select", "crossover", "communication")
             self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in phases})
-            self.writer.flush()
             best = f"{self.latest_best_return:.1f}" if np.isfinite(self.latest_best_return) else "n/a"
             print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
                   + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
@@ -451,5 +447,4 @@ class Population:
             member_returns = self.returns.member_returns()
             best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
             keep = slice(0, 1) if self.joint else slice(None)
-            self.writer.write_final(all_policies[keep], all_critics[keep], best, self.normalizer.state())
-            self.writer.close()
+            self.writer.commit_final(all_policies[keep], all_critics[keep], best, self.normalizer.state())

@@ -21,7 +21,7 @@ import torch
 from . import kernels
 from .config import RunConfig
 from .networks import Critic, GaussianPolicy, gaussian_log_prob
-from .rollout import Batch
+from .rollout import Batch, NonFiniteError
 
 
 def importance_ratios(log_probs_learner: torch.Tensor, log_probs_behaviour: torch.Tensor) -> torch.Tensor:
@@ -224,6 +224,9 @@ def update(member: Member, data: PooledData, config: RunConfig,
             if trains_critic:
                 last_critic_loss = critic_loss(rows)
                 loss = loss + last_critic_loss
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
+                                     f"non-finite ({float(loss)})")
             _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, reduce_gradients)
 
     with torch.no_grad():

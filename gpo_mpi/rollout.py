@@ -18,8 +18,12 @@ import torch
 from .networks import GaussianPolicy
 
 
-class EnvironmentError_(ValueError):
-    """The environment cannot be used (unknown id, discrete actions, non-finite data)."""
+class UnusableEnvironment(ValueError):
+    """The environment cannot be used (unknown id, discrete actions): every rank finds out alike."""
+
+
+class NonFiniteError(RuntimeError):
+    """Observations, rewards or a loss stopped being finite, on one rank: the job has to end."""
 
 
 def make_env(env_id: str, horizon: int = 0) -> gym.Env:
@@ -27,14 +31,14 @@ def make_env(env_id: str, horizon: int = 0) -> gym.Env:
     try:
         env = gym.make(env_id, max_episode_steps=horizon or None)
     except gym.error.Error as error:
-        raise EnvironmentError_(f"cannot make environment {env_id!r}: {error}") from None
+        raise UnusableEnvironment(f"cannot make environment {env_id!r}: {error}") from None
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
-        raise EnvironmentError_(f"environment {env_id!r} has a {type(env.action_space).__name__} action space; "
+        raise UnusableEnvironment(f"environment {env_id!r} has a {type(env.action_space).__name__} action space; "
                                 "gpo-mpi needs a continuous (Box) one")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         env.close()
-        raise EnvironmentError_(f"environment {env_id!r} must have flat Box observations")
+        raise UnusableEnvironment(f"environment {env_id!r} must have flat Box observations")
     return env
 
 
@@ -159,7 +163,7 @@ class Sampler:
 
     def _check_finite(self, what: str, values: np.ndarray) -> None:
         if not np.all(np.isfinite(values)):
-            raise EnvironmentError_(f"{self.member_name}: environment {self.env_id} returned non-finite {what}")
+            raise NonFiniteError(f"{self.member_name}: environment {self.env_id} returned non-finite {what}")
 
     def close(self) -> None:
         self.envs.close()

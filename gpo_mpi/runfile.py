@@ -30,12 +30,17 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /final/best_policy_parameters (P,)     float32  the best member's policy (attr final.best_member)
     /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
 
-Rows are appended and flushed as the run goes, so a running or killed
-run's file can be read with h5py (or `gpo-mpi info`).
+The file changes only by atomic replacement (copy, write, rename) at every
+checkpoint and at the end, so it is always whole: a running or killed run's
+file can be read with h5py, and shows the run up to its last checkpoint.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections import defaultdict
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -48,11 +53,19 @@ FORMAT_VERSION = 1
 
 
 class RunFileWriter:
-    """Rank 0's handle on the run file: a new one, or (`lengths` given) an
-    existing one cut back to a checkpoint's dataset lengths."""
+    """Rank 0's writer of the run file, which only ever changes by atomic replacement.
+
+    Rows are kept in memory as they come (`append`); `commit` copies the
+    file, adds the pending rows (and a checkpoint, or the final
+    parameters) to the copy and renames the copy over the original. A kill
+    at any moment therefore leaves a whole file: the last committed one.
+    With `lengths` given, an existing file is cut back to a checkpoint's
+    dataset lengths instead of a new one being made.
+    """
 
     def __init__(self, path: str, config: RunConfig, n_ranks: int, lengths: dict | None = None):
         self.path = path
+        self.pending: dict[str, list] = defaultdict(list)
         m = config.n_policies
         self._growing = {
             "iterations/env_steps": ((), np.int64), "iterations/wall_time": ((), np.float64),
@@ -69,45 +82,62 @@ class RunFileWriter:
             "breeding/second_parent_share": ((m,), np.float64),
         }
         if lengths is not None:
-            self.file = h5py.File(path, "a")
-            for name, length in lengths.items():
-                self.file[name].resize(length, axis=0)
+            with self._replacing() as run_file:
+                for name, length in lengths.items():
+                    run_file[name].resize(length, axis=0)
             return
-        self.file = h5py.File(path, "w")
-        self.file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
-                               config=json.dumps(to_dict(config)), n_ranks=n_ranks)
-        config_group = self.file.create_group("config")
-        for name, value in to_dict(config).items():
-            config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
-        for name, (row_shape, dtype) in self._growing.items():
-            self.file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
-                                     chunks=(64,) + row_shape)
+        with h5py.File(self.path + ".tmp", "w") as run_file:
+            run_file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
+                                  config=json.dumps(to_dict(config)), n_ranks=n_ranks)
+            config_group = run_file.create_group("config")
+            for name, value in to_dict(config).items():
+                config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
+            for name, (row_shape, dtype) in self._growing.items():
+                run_file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
+                                        chunks=(64,) + row_shape)
+        self._replace()
 
-    def lengths(self) -> dict:
-        """Rows in every growing dataset now (a checkpoint stores them)."""
-        return {name: len(self.file[name]) for name in self._growing}
+    @contextmanager
+    def _replacing(self):
+        """An open copy of the run file; on leaving, it replaces the original."""
+        shutil.copyfile(self.path, self.path + ".tmp")
+        with h5py.File(self.path + ".tmp", "a") as run_file:
+            yield run_file
+        self._replace()
 
-    def reopen(self) -> None:
-        self.file = h5py.File(self.path, "a")
+    def _replace(self) -> None:
+        with open(self.path + ".tmp", "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.path + ".tmp", self.path)
 
     def append(self, **rows) -> None:
-        """Append one row to each named dataset (`iterations/beta=...` spelled `iterations__beta`)."""
+        """Queue one row for each named dataset (`iterations/beta=...` spelled `iterations__beta`)."""
         for key, row in rows.items():
-            dataset = self.file[key.replace("__", "/")]
-            dataset.resize(len(dataset) + 1, axis=0)
-            dataset[-1] = row
+            self.pending[key.replace("__", "/")].append(row)
 
-    def flush(self) -> None:
-        self.file.flush()
+    def lengths(self) -> dict:
+        """Rows of every growing dataset once the pending ones are written."""
+        with h5py.File(self.path, "r") as run_file:
+            return {name: len(run_file[name]) + len(self.pending.get(name, ())) for name in self._growing}
 
-    def write_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
-                    normalizer_state: np.ndarray) -> None:
-        self.file.create_dataset("final/obs_normalizer", data=normalizer_state)
-        self.file.create_dataset("final/policy_parameters", data=policy_parameters)
-        self.file.create_dataset("final/critic_parameters", data=critic_parameters)
-        self.file.create_dataset("final/best_policy_parameters", data=policy_parameters[best_member])
-        self.file["final"].attrs["best_member"] = best_member
+    def commit(self, write_extra=None) -> None:
+        """Write the pending rows, and whatever `write_extra(run_file)` adds, by atomic replacement."""
+        with self._replacing() as run_file:
+            for name, rows in self.pending.items():
+                dataset = run_file[name]
+                dataset.resize(len(dataset) + len(rows), axis=0)
+                dataset[len(dataset) - len(rows):] = np.asarray(rows, dtype=dataset.dtype)
+            if write_extra is not None:
+                write_extra(run_file)
+        self.pending.clear()
 
-    def close(self) -> None:
-        self.file.close()
-
+    def commit_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
+                     normalizer_state: np.ndarray) -> None:
+        def write_final(run_file):
+            final = run_file.create_group("final")
+            final.create_dataset("obs_normalizer", data=normalizer_state)
+            final.create_dataset("policy_parameters", data=policy_parameters)
+            final.create_dataset("critic_parameters", data=critic_parameters)
+            final.create_dataset("best_policy_parameters", data=policy_parameters[best_member])
+            final.attrs["best_member"] = best_member
+        self.commit(write_final)

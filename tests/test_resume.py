@@ -83,3 +83,125 @@ def test_resume_names_the_fields_that_differ(mpirun, tmp_path):
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert "different configuration: gamma (0.99 in the file, 0.9 now), seed (0 in the file, 5 now)" in errors[0]
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("phase, failing_rank", [("mutate", 1), ("select", 0), ("crossover", 1),
+                                                 ("checkpoint", 0), ("checkpoint", 1)])
+def test_an_exception_in_any_phase_ends_the_job(mpirun, tmp_path, phase, failing_rank):
+    import time
+    start = time.monotonic()
+    result = mpirun(2, ["fail_in_phase.py", str(failing_rank), phase, *RESUMABLE, "--out", str(tmp_path / "r.h5")],
+                    timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 30, (result.returncode, elapsed)
+    assert f"[gpo-mpi rank {failing_rank}] uncaught exception" in result.stderr
+    assert f"deliberate failure in {phase} on rank {failing_rank}" in result.stderr
+
+
+def test_non_finite_observations_end_the_job_and_keep_the_checkpoint(mpirun, tmp_path):
+    out = tmp_path / "r.h5"
+    arguments = ["--env", "TurnsNaN-v0", "--algo", "single", "--population", "2", "--batch-steps", "32",
+                 "--n-envs", "1", "--total-steps", "640", "--checkpoint-every", "1", "--out", str(out)]
+    result = mpirun(2, ["fail_in_phase.py", "0", "non-finite", *arguments], timeout=120)
+    assert result.returncode != 0
+    assert "gpo-mpi: error on rank" in result.stderr
+    assert "environment TurnsNaN-v0 returned non-finite observations" in result.stderr
+    # The run file is whole, with the last checkpoint that was complete when the job ended: after
+    # iteration 4, or 3 if the abort overtook rank 0 writing the next one.
+    from gpo_mpi import checkpoint
+    from gpo_mpi.config import RunConfig
+    with h5py.File(out) as run_file:
+        steps = run_file["iterations/env_steps"][()]
+        config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in __import__("json").loads(run_file.attrs["config"]).items()})
+    shared, _ = checkpoint.read(str(out), config, 2)
+    assert steps[-1] in (3 * 64, 4 * 64) and shared["iteration"] == len(steps) and shared["env_steps"] == steps[-1]
+
+
+def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+    from conftest import find_mpiexec
+    out = tmp_path / "killed.h5"
+    arguments = [a if a != "3328" else "9472" for a in RESUMABLE]  # 3 rounds of 11 iterations
+    job = subprocess.Popen([find_mpiexec(), "-n", "2", gpo_mpi_command(), *arguments, "--out", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with h5py.File(out, "r", locking=False) as run_file:
+                    if "checkpoint" in run_file and len(run_file["iterations/env_steps"]) >= 2:
+                        break
+            except (OSError, KeyError):
+                continue
+        ranks = []
+        for pid in os.listdir("/proc"):
+            try:
+                command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if str(out).encode() in command and b"python" in command[0] and int(pid) != job.pid:
+                ranks.append(int(pid))
+        assert len(ranks) == 2, ranks
+        killed_at = time.monotonic()
+        os.kill(ranks[1], signal.SIGKILL)
+        job.wait(timeout=60)
+        assert job.returncode != 0 and time.monotonic() - killed_at < 30
+    finally:
+        if job.poll() is None:
+            job.kill()
+    resumed = subprocess.run([find_mpiexec(), "-n", "2", gpo_mpi_command(), *arguments, "--out", str(out),
+                              "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(out) as run_file:
+        assert run_file["iterations/env_steps"][-1] == 9472 and "final" in run_file
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
+    from gpo_mpi import checkpoint, runfile
+    from gpo_mpi.config import RunConfig
+    config = RunConfig(env="Pendulum-v1", population=2, out=str(tmp_path / "r.h5"))
+    writer = runfile.RunFileWriter(config.out, config, n_ranks=1)
+    writer.append(iterations__env_steps=100)
+    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [b"first"]))
+    before = (tmp_path / "r.h5").read_bytes()
+
+    def killed_before_rename(source, target):
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(runfile.os, "replace", killed_before_rename)
+    writer.append(iterations__env_steps=200)
+    with pytest.raises(KeyboardInterrupt):
+        writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 2}, [b"second"]))
+    assert (tmp_path / "r.h5").read_bytes() == before
+    shared, ranks = checkpoint.read(config.out, config, n_ranks=1)
+    assert shared == {"iteration": 1} and ranks == [b"first"]
+    with h5py.File(config.out) as run_file:
+        np.testing.assert_array_equal(run_file["iterations/env_steps"][()], [100])
+
+
+def test_resume_refuses_foreign_and_damaged_run_files(tmp_path):
+    from gpo_mpi import checkpoint
+    from gpo_mpi.config import ConfigError, RunConfig
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as handle:
+        handle["data"] = [1, 2, 3]
+    config = RunConfig(env="Pendulum-v1", population=2, out=str(foreign))
+    with pytest.raises(ConfigError, match="is not a gpo-mpi run file"):
+        checkpoint.read(str(foreign), config, 1)
+    from gpo_mpi.runfile import RunFileWriter
+    good = tmp_path / "good.h5"
+    config = RunConfig(env="Pendulum-v1", population=2, out=str(good))
+    writer = RunFileWriter(str(good), config, n_ranks=1)
+    with pytest.raises(ConfigError, match="holds no checkpoint yet"):
+        checkpoint.read(str(good), config, 1)
+    with pytest.raises(ConfigError, match="written by 1 ranks, this job has 2"):
+        checkpoint.read(str(good), config, 2)
+    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [b"x"]))
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(ConfigError, match="is not a readable HDF5 file|damaged"):
+        checkpoint.read(str(truncated), config, 1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gpo_mpi.networks import GaussianPolicy, flat_parameters, load_flat_parameters
-from gpo_mpi.rollout import Batch, EnvironmentError_, ObsNormalizer, Sampler, make_env
+from gpo_mpi.rollout import Batch, NonFiniteError, ObsNormalizer, Sampler, UnusableEnvironment, make_env
 
 
 def sample(env_id="Pendulum-v1", n_envs=2, horizon=7, steps=60, seed=0):
@@ -110,9 +110,9 @@ def test_numpy_mean_matches_torch():
 
 
 def test_unusable_environments_are_refused():
-    with pytest.raises(EnvironmentError_, match="cannot make environment 'NoSuchEnv-v9'"):
+    with pytest.raises(UnusableEnvironment, match="cannot make environment 'NoSuchEnv-v9'"):
         make_env("NoSuchEnv-v9")
-    with pytest.raises(EnvironmentError_, match="has a Discrete action space; gpo-mpi needs a continuous"):
+    with pytest.raises(UnusableEnvironment, match="has a Discrete action space; gpo-mpi needs a continuous"):
         make_env("CartPole-v1")
 
 
@@ -134,7 +134,7 @@ class NaNAfterThreeSteps(gym.Env):
 def test_non_finite_observations_name_member_and_environment():
     gym.register("NaNAfterThreeSteps-v0", entry_point=NaNAfterThreeSteps, disable_env_checker=True)
     sampler = Sampler("NaNAfterThreeSteps-v0", 1, 0, 0, "member 5")
-    with pytest.raises(EnvironmentError_, match="member 5: environment NaNAfterThreeSteps-v0 returned non-finite"):
+    with pytest.raises(NonFiniteError, match="member 5: environment NaNAfterThreeSteps-v0 returned non-finite"):
         sampler.sample(GaussianPolicy(2, 1), ObsNormalizer(2, 10.0), 10)
 
 
