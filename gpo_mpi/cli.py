@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except NonFiniteError as error:  # one rank's numbers went bad mid-run: end every rank from here
-        print(f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint in "
-              f"{run_config.out} is intact", file=sys.stderr, flush=True)
-        comm.Abort(EXIT_NON_FINITE)
+        mpi.abort_with_message(comm, f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint "
+                                     f"in {run_config.out} is intact", EXIT_NON_FINITE)
     if not completed:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "

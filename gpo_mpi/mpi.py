@@ -8,6 +8,7 @@ called from logging or other code that might run on only some ranks.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "MPI",
     "world",
     "abort_on_uncaught_exception",
+    "abort_with_message",
     "bcast_flat",
     "allgatherv_rows",
     "scatter_rows",
@@ -52,11 +54,21 @@ def abort_on_uncaught_exception(comm: MPI.Comm) -> None:
 
     def hook(exc_type, exc_value, exc_traceback):
         message = "".join(traceback.format_exception(exc_type, exc_value, exc_traceback))
-        sys.stderr.write(f"[gpo-mpi rank {rank}] uncaught exception, aborting the job:\n{message}")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort_with_message(comm, f"[gpo-mpi rank {rank}] uncaught exception, aborting the job:\n{message}")
 
     sys.excepthook = hook
+
+
+def abort_with_message(comm: MPI.Comm, message: str, code: int = 1) -> None:
+    """Print `message` and end every rank of the job.
+
+    The pause lets the launcher forward this rank's output before Abort has
+    it kill everything (without it, the message is sometimes lost).
+    """
+    sys.stderr.write(message if message.endswith("\n") else message + "\n")
+    sys.stderr.flush()
+    time.sleep(1.0)
+    comm.Abort(code)
 
 
 def _check_buffer(array: np.ndarray, name: str) -> None:
