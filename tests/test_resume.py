@@ -205,3 +205,20 @@ def test_resume_refuses_foreign_and_damaged_run_files(tmp_path):
     truncated.write_bytes(good.read_bytes()[:2000])
     with pytest.raises(ConfigError, match="is not a readable HDF5 file|damaged"):
         checkpoint.read(str(truncated), config, 1)
+
+
+def test_four_ranks_stopped_and_requeued_by_slurm_resume_exactly(mpirun, tmp_path):
+    """Population 4 on 4 ranks; the second start only says SLURM restarted the job."""
+    whole, stopped_file = tmp_path / "whole.h5", tmp_path / "stopped.h5"
+    result = mpirun(4, [gpo_mpi_command(), *RESUMABLE, "--out", str(whole)], timeout=300)
+    assert result.returncode == 0, result.stderr
+    stopped = mpirun(4, ["interrupt.py", "3", "4", *RESUMABLE, "--out", str(stopped_file)], timeout=300)
+    assert stopped.returncode == 3, stopped.stderr
+    requeued = mpirun(4, [gpo_mpi_command(), *RESUMABLE, "--out", str(stopped_file)], timeout=300,
+                      env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr
+    assert "resuming" in requeued.stdout
+    expected, got = run_file_contents(whole), run_file_contents(stopped_file)
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
