@@ -226,7 +226,7 @@ def update(member: Member, data: PooledData, config: RunConfig,
                 loss = loss + last_critic_loss
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
-                                     f"non-finite ({float(loss)})")
+                                     f"non-finite ({float(loss.detach())})")
             _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, reduce_gradients)
 
     with torch.no_grad():

@@ -138,3 +138,16 @@ def test_update_improves_the_surrogate_and_adapts_beta(mutation):
         assert stats.beta == adapt_beta(config.initial_beta, stats.kl, config.kl_target) == member.beta
     else:
         assert stats.beta == config.initial_beta  # A2C has no penalty to adapt
+
+
+def test_a_non_finite_loss_stops_the_update_naming_member_and_environment():
+    from gpo_mpi.rollout import NonFiniteError
+    config = dataclasses.replace(CONFIG, env="Pendulum-v1")
+    member = Member.create(3, 3, 1, config, seed=5)
+    data = pool_batches(member.critic, [sampled_batch(member.policy)], 0, config)
+    data.advantages[5] = float("nan")
+    before = [p.detach().clone() for p in member.policy.parameters()]
+    with pytest.raises(NonFiniteError, match="member 3 on Pendulum-v1: the policy-gradient loss became non-finite"):
+        update(member, data, config)
+    for old, new in zip(before, member.policy.parameters()):  # no step was taken with it
+        torch.testing.assert_close(old, new)
