@@ -54,7 +54,7 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpo-mpi",
-        usage="mpiexec -n N gpo-mpi [run] [options]",
+        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export} RUN.h5 [options]",
         description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
         "Run it under `mpiexec -n N` for N ranks; members are spread evenly over the ranks.",
     )
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TOOLS = ("info", "eval", "export")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
@@ -86,6 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     comm = mpi.world()
     mpi.abort_on_uncaught_exception(comm)
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] and arguments[0] in TOOLS:
+        from . import tools
+
+        try:
+            print(tools.main(arguments[0], arguments[1:]))
+        except config.ConfigError as error:
+            print(f"gpo-mpi {arguments[0]}: error: {error}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
+        return 0
     if arguments[:1] == ["run"]:
         arguments = arguments[1:]
     parsed = build_parser().parse_args(arguments)
