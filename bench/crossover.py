@@ -14,39 +14,18 @@ whole episodes; a child's return is reported normalized to its first parent
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from gpo_mpi import crossover, select
-from gpo_mpi.config import RunConfig
+from gpo_mpi import select, tools
 from gpo_mpi.evaluate import episode_returns
-from gpo_mpi.networks import GaussianPolicy, load_flat_parameters
-from gpo_mpi.rollout import ObsNormalizer, Sampler, space_sizes
+from gpo_mpi.networks import GaussianPolicy
+from gpo_mpi.rollout import EnvSpec
 
 torch.set_num_threads(1)
-
-
-def load_parents(path: Path):
-    with h5py.File(path) as run_file:
-        config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in json.loads(run_file.attrs["config"]).items()})
-        parameters = run_file["final/policy_parameters"][:]
-        normalizer_state = run_file["final/obs_normalizer"][:]
-        final_returns = run_file["iterations/member_return"][-1]
-    obs_dim, act_dim = space_sizes(config.env, config.horizon)
-    policies = []
-    for vector in parameters:
-        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-        load_flat_parameters(policy, vector)
-        policies.append(policy)
-    normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
-    normalizer.load_state(normalizer_state)
-    return config, policies, normalizer, final_returns
 
 
 def plot(rows: list[dict], out_png: Path, env_id: str) -> None:
@@ -90,34 +69,19 @@ def main() -> None:
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
-    config, policies, normalizer, final_returns = load_parents(parents_file)
-    obs_dim, act_dim = policies[0].mean_net[0].in_features, policies[0].log_std.shape[0]
+    run = tools.load_run(str(parents_file))
+    config, policies, final_returns = run.config, run.policies, run.final_returns
     pairs = select.fittest_pairs(select.performance_fitness(final_returns), 8)
     pairs = np.where((final_returns[pairs[:, 0]] >= final_returns[pairs[:, 1]])[:, None], pairs, pairs[:, ::-1])
 
-    batches = {}
-    for member in np.unique(pairs):
-        sampler = Sampler(config.env, config.n_envs, config.horizon, args.seed + 500 + int(member), f"member {member}")
-        batches[member] = sampler.sample(policies[member], normalizer, config.batch_steps)[0]
-        sampler.close()
-
     def evaluate(policy: GaussianPolicy) -> float:
-        return float(episode_returns(policy, normalizer, config.env, args.episodes, seed=args.seed + 10_000,
-                                     horizon=config.horizon).mean())
+        return float(episode_returns(policy, run.normalizer, EnvSpec.of(config), args.episodes,
+                                     seed=args.seed + 10_000).mean())
 
     parent_returns = {member: evaluate(policies[member]) for member in np.unique(pairs)}
     rows = []
     for index, (first, second) in enumerate(pairs):
-        seed = args.seed + 100 * index
-        state_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-        crossover.copy_module(policies[first], state_child)
-        sampler = Sampler(config.env, config.n_envs, config.horizon, seed + 7, f"crossover {index}")
-        crossover.state_space_crossover(policies[first], policies[second], batches[first], batches[second],
-                                        state_child, sampler, normalizer, config, seed)
-        sampler.close()
-        parameter_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-        crossover.parameter_space_crossover(policies[first], policies[second], parameter_child,
-                                            np.random.default_rng(seed))
+        state_child, parameter_child = tools.breed_couple(run, first, second, seed=args.seed + 100 * index)
         rows.append(dict(pair=(int(first), int(second)), first=parent_returns[first],
                          second=parent_returns[second], state_child=evaluate(state_child),
                          parameter_child=evaluate(parameter_child)))

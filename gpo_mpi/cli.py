@@ -47,14 +47,27 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(describe_build())
+        print(describe_build())  # on every rank: each reports what it loaded
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _RankZeroParser(argparse.ArgumentParser):
+    """Every rank parses the same line and exits alike on a bad flag; only rank 0 prints."""
+
+    def __init__(self, *args, quiet: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quiet = quiet
+
+    def _print_message(self, message, file=None):
+        if not self.quiet:
+            super()._print_message(message, file)
+
+
+def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
+    parser = _RankZeroParser(
+        quiet=quiet,
         prog="gpo-mpi",
-        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export} RUN.h5 [options]",
+        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot} RUN.h5 [options]",
         description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
         "Run it under `mpiexec -n N` for N ranks; members are spread evenly over the ranks.",
     )
@@ -68,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TOOLS = ("info", "eval", "export")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
+TOOLS = ("info", "eval", "export", "plot")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
@@ -88,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     mpi.abort_on_uncaught_exception(comm)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] and arguments[0] in TOOLS:
+        if "--video" in arguments:  # before MuJoCo loads: its default (GLFW) needs a display
+            os.environ.setdefault("MUJOCO_GL", "egl")
         from . import tools
 
         try:
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if arguments[:1] == ["run"]:
         arguments = arguments[1:]
-    parsed = build_parser().parse_args(arguments)
+    parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)
 
     from .engine import run
     from .rollout import NonFiniteError, UnusableEnvironment

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
 import math
 import sys
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 if sys.version_info >= (3, 11):
@@ -31,7 +33,9 @@ class ConfigError(ValueError):
 class RunConfig:
     # ---------------------------------------------------------------- the run
     env: str = "Hopper-v5"
-    """Gymnasium environment id; its action space must be continuous (Box)."""
+    """Gymnasium id (Hopper-v5, HopperHilly-v5, module:Id-v0) or package.module:EnvClass; actions must be continuous (Box)."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of the environment (TOML: an [env_kwargs] table; flag: a JSON object), e.g. {"difficulty": 0.5}."""
     algo: Literal["gpo", "single", "joint"] = "gpo"
     """gpo: the genetic algorithm; single: independent members, best reported; joint: one policy, m times the batch."""
     mutation: Literal["ppo", "a2c"] = "ppo"
@@ -47,6 +51,8 @@ class RunConfig:
     out: str = "run.h5"
     """Path of the HDF5 run file written by rank 0."""
 
+    tensorboard: str = ""
+    """Directory for TensorBoard scalars from rank 0 (empty: none); needs `pip install 'gpo-mpi[tensorboard]'`."""
     checkpoint_every: int = 10
     """Iterations between checkpoints inside a round (0: only at round ends). A checkpoint restarts every environment."""
 
@@ -159,6 +165,8 @@ class RunConfig:
         for name in ["expert_steps", "dagger_steps"]:
             if getattr(self, name) % self.n_envs:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be a multiple of n_envs ({self.n_envs})")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'gpo-mpi[tensorboard]'")
         if self.algo == "gpo" and self.population < 2:
             raise ConfigError("gpo needs a population of at least 2 to breed")
         if self.iterations_per_round < 1:
@@ -280,6 +288,10 @@ def _coerce(name: str, value, annotation):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
+    if annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a table of keyword arguments, got {value!r}")
+        return dict(value)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -303,6 +315,16 @@ def read_toml(path: str) -> dict:
     return {name: _coerce(f"{path}: {name}", value, _field_type(known[name])) for name, value in raw.items()}
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"difficulty\": 0.5}}', got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (`--batch-steps`), defaulting to 'not given'."""
     parser.add_argument("--config", metavar="FILE.toml", help="read fields from a TOML file; flags override it")
@@ -311,7 +333,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         annotation = _field_type(config_field)
         flag = "--" + config_field.name.replace("_", "-")
         help_text = _FIELD_DOCS.get(config_field.name, "")
-        default_text = f" (default: {config_field.default})"
+        default = {} if config_field.default is dataclasses.MISSING else config_field.default
+        default_text = f" (default: {default})"
         origin = typing.get_origin(annotation)
         if origin is Literal:
             parser.add_argument(flag, choices=typing.get_args(annotation), default=None,
@@ -321,6 +344,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text + default_text)
+        elif annotation is dict:
+            parser.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=help_text + default_text)
         else:
             parser.add_argument(flag, type=annotation, default=None, help=help_text + default_text)
 

@@ -26,8 +26,9 @@ from . import checkpoint, crossover, mpi, select
 from .config import ConfigError, RunConfig
 from .mutate import Member, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
-from .rollout import Batch, ObsNormalizer, Sampler, space_sizes
+from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 from .runfile import RunFileWriter
+from .scalars import TensorBoardScalars
 
 RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
 
@@ -127,7 +128,8 @@ class Population:
     def __init__(self, config: RunConfig, comm, resume: bool = False):
         self.config, self.comm = config, comm
         self.rank, self.n_ranks = comm.Get_rank(), comm.Get_size()
-        self.obs_dim, self.act_dim = space_sizes(config.env, config.horizon)
+        self.env = EnvSpec.of(config)
+        self.obs_dim, self.act_dim = self.env.space_sizes()
         self.joint = config.algo == "joint"
         if self.joint:  # one policy, same initial weights on every rank; each rank samples its share
             member_indices = [0]
@@ -139,7 +141,7 @@ class Population:
             self.steps_per_sampler = config.batch_steps
             sampler_seeds = [member_seed(config, i) + 1 for i in member_indices]
         self.local = [LocalMember(Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)),
-                                  Sampler(config.env, config.n_envs, config.horizon, seed, f"member {i}"), seed)
+                                  Sampler(self.env, config.n_envs, seed, f"member {i}"), seed)
                       for i, seed in zip(member_indices, sampler_seeds)]
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
@@ -160,6 +162,10 @@ class Population:
             self.writer = self.restore()
         else:
             self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
+        self.scalars = None
+        if self.writer and config.tensorboard:
+            # A resumed run drops the events logged after its checkpoint, which it logs again.
+            self.scalars = TensorBoardScalars(config.tensorboard, self.env_steps + 1 if resume else None)
 
     def _request_stop(self, signal_number, frame) -> None:
         # Only a flag: the ranks agree on it at the next safe point (see mutate).
@@ -221,6 +227,8 @@ class Population:
                           latest_best_return=self.latest_best_return, lengths=self.writer.lengths(),
                           elapsed=self.elapsed_before + time.monotonic() - self.start_time)
             self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
+            if self.scalars:
+                self.scalars.flush()
 
     def restore(self) -> RunFileWriter | None:
         """Load the run file's checkpoint into this rank (and return rank 0's writer)."""
@@ -261,9 +269,11 @@ class Population:
         if self.writer:
             set_sizes = [len(s) for s in self.share_sets]
             self.writer.append(rounds__kl_matrix=kl, rounds__share_set_sizes=set_sizes)
-            off_diagonal = kl[~np.eye(len(kl), dtype=bool)]
+            median_kl = float(np.median(kl[~np.eye(len(kl), dtype=bool)]))
             print(f"round {round_index + 1}/{self.config.n_rounds}: data sharing |S_i| = {set_sizes}, "
-                  f"median KL between members {np.median(off_diagonal):.3g}", flush=True)
+                  f"median KL between members {median_kl:.3g}", flush=True)
+            if self.scalars:
+                self.scalars.sharing(self.env_steps, median_kl, np.mean(set_sizes))
 
     def update_members(self) -> list:
         config = self.config
@@ -333,6 +343,8 @@ class Population:
                            iterations__round=round_index, iterations__member_return=returns,
                            iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl)
         rate = self.env_steps / max(elapsed, 1e-9)
+        if self.scalars:
+            self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate)
         eta = (config.total_steps - self.env_steps) / rate
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan
@@ -417,7 +429,7 @@ class Population:
             crossover.parameter_space_crossover(parents[0], parents[1], member.policy, np.random.default_rng(seed))
         else:
             # Its own environments, seeded by slot and round: the child does not depend on the rank layout.
-            sampler = Sampler(config.env, config.n_envs, config.horizon, seed + 7, f"crossover for member "
+            sampler = Sampler(self.env, config.n_envs, seed + 7, f"crossover for member "
                               f"{lm.member.index}")
             record = crossover.state_space_crossover(parents[0], parents[1], batches[x], batches[y], member.policy,
                                                      sampler, self.normalizer, config, seed)
@@ -432,6 +444,8 @@ class Population:
         if self.writer:
             phases = ("mutate", "select", "crossover", "communication")
             self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in phases})
+            if self.scalars:
+                self.scalars.round(self.env_steps, {phase: times.get(phase, 0.0) for phase in phases})
             best = f"{self.latest_best_return:.1f}" if np.isfinite(self.latest_best_return) else "n/a"
             print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
                   + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
@@ -448,3 +462,5 @@ class Population:
             best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
             keep = slice(0, 1) if self.joint else slice(None)
             self.writer.commit_final(all_policies[keep], all_critics[keep], best, self.normalizer.state())
+            if self.scalars:
+                self.scalars.close()

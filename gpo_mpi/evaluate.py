@@ -1,17 +1,23 @@
 """Evaluation rollouts: whole episodes of one policy, outside any training."""
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from .networks import GaussianPolicy
-from .rollout import ObsNormalizer, make_env
+from .rollout import EnvSpec, ObsNormalizer
 
 
-def episode_returns(policy: GaussianPolicy, normalizer: ObsNormalizer, env_id: str, episodes: int, seed: int,
-                    horizon: int = 0, deterministic: bool = False) -> np.ndarray:
+def episode_returns(policy: GaussianPolicy, normalizer: ObsNormalizer, env: EnvSpec, episodes: int, seed: int,
+                    deterministic: bool = False, video_dir: str | None = None, video_name: str = "eval") -> np.ndarray:
     """Undiscounted returns of `episodes` complete episodes, actions sampled from the
-    policy's Gaussian (as in training) or its mean (`deterministic`)."""
-    env = make_env(env_id, horizon)
+    policy's Gaussian (as in training) or its mean (`deterministic`). With
+    `video_dir`, the first episode is recorded to VIDEO_DIR/VIDEO_NAME-episode-0.mp4."""
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env.make(render_mode="rgb_array"), video_dir, name_prefix=video_name,
+                                       episode_trigger=lambda episode: episode == 0, disable_logger=True)
+    else:
+        env = env.make()
     rng = np.random.default_rng(seed)
     mean_of = policy.numpy_mean()
     std = policy.log_std.detach().exp().numpy()

@@ -8,7 +8,8 @@ that every member that reads it sees the same states the sampler saw.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -26,28 +27,61 @@ class NonFiniteError(RuntimeError):
     """Observations, rewards or a loss stopped being finite, on one rank: the job has to end."""
 
 
-def make_env(env_id: str, horizon: int = 0) -> gym.Env:
-    """One environment; `horizon` > 0 replaces its time limit."""
-    try:
-        env = gym.make(env_id, max_episode_steps=horizon or None)
-    except gym.error.Error as error:
-        raise UnusableEnvironment(f"cannot make environment {env_id!r}: {error}") from None
-    if not isinstance(env.action_space, gym.spaces.Box):
-        env.close()
-        raise UnusableEnvironment(f"environment {env_id!r} has a {type(env.action_space).__name__} action space; "
-                                "gpo-mpi needs a continuous (Box) one")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        env.close()
-        raise UnusableEnvironment(f"environment {env_id!r} must have flat Box observations")
-    return env
+@dataclass(frozen=True)
+class EnvSpec:
+    """What every rank builds its environments from.
 
+    `name` is a registered gymnasium id (`Hopper-v5`, `module:RegisteredId-v0`)
+    or `package.module:EnvClass`, which is imported and constructed with
+    `kwargs`. `horizon` > 0 replaces the episode time limit.
+    """
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    horizon: int = 0
 
-def space_sizes(env_id: str, horizon: int = 0) -> tuple[int, int]:
-    """(obs_dim, act_dim) of an environment."""
-    env = make_env(env_id, horizon)
-    sizes = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
-    return sizes
+    @classmethod
+    def of(cls, config) -> "EnvSpec":
+        return cls(config.env, dict(config.env_kwargs), config.horizon)
+
+    def _entry(self):
+        """A gymnasium EnvSpec for `package.module:EnvClass`, or the name itself for registered ids."""
+        module_name, _, attribute = self.name.partition(":")
+        if not attribute:
+            return self.name
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise UnusableEnvironment(f"cannot make environment {self.name!r}: cannot import {module_name!r} "
+                                      f"({error})") from None
+        creator = getattr(module, attribute, None)
+        if not callable(creator):  # gymnasium's own "module:RegisteredId" form
+            return self.name
+        return gym.envs.registration.EnvSpec(id=attribute, entry_point=creator)
+
+    def make(self, **extra_kwargs) -> gym.Env:
+        """One environment, checked to have flat Box observations and Box actions."""
+        try:
+            env = gym.make(self._entry(), max_episode_steps=self.horizon or None, **self.kwargs, **extra_kwargs)
+        except gym.error.Error as error:
+            raise UnusableEnvironment(f"cannot make environment {self.name!r}: {error}") from None
+        except TypeError as error:  # a keyword argument the environment does not take
+            raise UnusableEnvironment(f"cannot make environment {self.name!r} with env_kwargs {self.kwargs}: "
+                                      f"{error}") from None
+        if not isinstance(env.action_space, gym.spaces.Box):
+            env.close()
+            raise UnusableEnvironment(f"environment {self.name!r} has a {type(env.action_space).__name__} action "
+                                      "space; gpo-mpi needs a continuous (Box) one")
+        if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+            env.close()
+            raise UnusableEnvironment(f"environment {self.name!r} must have flat Box observations")
+        return env
+
+    def space_sizes(self) -> tuple[int, int]:
+        """(obs_dim, act_dim)."""
+        env = self.make()
+        sizes = env.observation_space.shape[0], env.action_space.shape[0]
+        env.close()
+        return sizes
 
 
 class Batch(NamedTuple):
@@ -147,12 +181,10 @@ class EpisodeLog:
 class Sampler:
     """Steps one member's environments with its policy."""
 
-    def __init__(self, env_id: str, n_envs: int, horizon: int, seed: int, member_name: str):
-        self.envs = gym.vector.SyncVectorEnv(
-            [lambda: make_env(env_id, horizon) for _ in range(n_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
-        self.env_id = env_id
+    def __init__(self, env: EnvSpec, n_envs: int, seed: int, member_name: str):
+        self.envs = gym.vector.SyncVectorEnv([env.make for _ in range(n_envs)],
+                                             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.env_name = env.name
         self.member_name = member_name
         self.n_envs = n_envs
         self.raw_obs, _ = self.envs.reset(seed=seed)
@@ -163,7 +195,7 @@ class Sampler:
 
     def _check_finite(self, what: str, values: np.ndarray) -> None:
         if not np.all(np.isfinite(values)):
-            raise NonFiniteError(f"{self.member_name}: environment {self.env_id} returned non-finite {what}")
+            raise NonFiniteError(f"{self.member_name}: environment {self.env_name} returned non-finite {what}")
 
     def close(self) -> None:
         self.envs.close()

@@ -91,6 +91,8 @@ class RunFileWriter:
                                   config=json.dumps(to_dict(config)), n_ranks=n_ranks)
             config_group = run_file.create_group("config")
             for name, value in to_dict(config).items():
+                if isinstance(value, dict):
+                    value = json.dumps(value)
                 config_group.attrs[name] = np.array(value) if isinstance(value, tuple) else value
             for name, (row_shape, dtype) in self._growing.items():
                 run_file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,

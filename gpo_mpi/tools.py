@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import warnings
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
+from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import GaussianPolicy, load_flat_parameters
-from .rollout import ObsNormalizer, space_sizes
+from .rollout import EnvSpec, ObsNormalizer, Sampler
 from .runfile import FORMAT
 
 
@@ -62,23 +66,66 @@ def info(path: str) -> str:
     return "\n".join(lines)
 
 
-def load_policy(path: str, member: int | None) -> tuple[RunConfig, GaussianPolicy, ObsNormalizer, int]:
-    """A finished run's policy (the best member's unless `member` is given) and its normalization."""
+@dataclass
+class FinishedRun:
+    """A finished run's policies, as networks, and what they need to act."""
+    config: RunConfig
+    policies: list[GaussianPolicy]
+    normalizer: ObsNormalizer
+    best_member: int
+    final_returns: np.ndarray  # each member's mean return over its last 10 training episodes
+
+
+def load_run(path: str) -> FinishedRun:
     with open_run(path) as run_file:
         if "final" not in run_file:
-            raise ConfigError(f"{path} holds no finished run yet: nothing to evaluate or export")
+            raise ConfigError(f"{path} holds no finished run yet: nothing to evaluate, export or breed")
         config = run_config(run_file)
         parameters = run_file["final/policy_parameters"][()]
-        chosen = int(run_file["final"].attrs["best_member"]) if member is None else member
-        if not 0 <= chosen < len(parameters):
-            raise ConfigError(f"member {chosen} does not exist: the run has {len(parameters)}")
+        best = int(run_file["final"].attrs["best_member"])
         normalizer_state = run_file["final/obs_normalizer"][()]
-    obs_dim, act_dim = space_sizes(config.env, config.horizon)
-    policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-    load_flat_parameters(policy, parameters[chosen])
+        final_returns = run_file["iterations/member_return"][-1]
+    obs_dim, act_dim = EnvSpec.of(config).space_sizes()
+    policies = []
+    for vector in parameters:
+        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+        load_flat_parameters(policy, vector)
+        policies.append(policy)
     normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
     normalizer.load_state(normalizer_state)
-    return config, policy, normalizer, chosen
+    return FinishedRun(config, policies, normalizer, best, final_returns)
+
+
+def load_policy(path: str, member: int | None) -> tuple[RunConfig, GaussianPolicy, ObsNormalizer, int]:
+    """A finished run's policy (the best member's unless `member` is given) and its normalization."""
+    run = load_run(path)
+    chosen = run.best_member if member is None else member
+    if not 0 <= chosen < len(run.policies):
+        raise ConfigError(f"member {chosen} does not exist: the run has {len(run.policies)}")
+    return run.config, run.policies[chosen], run.normalizer, chosen
+
+
+def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[GaussianPolicy, GaussianPolicy]:
+    """The state-space and the parameter-space child of two members, bred as in
+    the run's crossover (state-space: from a batch of each parent, starting as a
+    copy of the first)."""
+    config, env = run.config, EnvSpec.of(run.config)
+    batches = []
+    for offset, parent in enumerate((first, second)):
+        sampler = Sampler(env, config.n_envs, seed + offset, f"member {parent}")
+        batches.append(sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0])
+        sampler.close()
+    obs_dim, act_dim = run.normalizer.mean.shape[0], run.policies[first].log_std.shape[0]
+    state_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+    crossover.copy_module(run.policies[first], state_child)
+    sampler = Sampler(env, config.n_envs, seed + 7, f"crossover of {first} and {second}")
+    crossover.state_space_crossover(run.policies[first], run.policies[second], *batches, state_child, sampler,
+                                    run.normalizer, config, seed)
+    sampler.close()
+    parameter_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+    crossover.parameter_space_crossover(run.policies[first], run.policies[second], parameter_child,
+                                        np.random.default_rng(seed))
+    return state_child, parameter_child
 
 
 class ExportedPolicy(nn.Module):
@@ -107,17 +154,60 @@ def export(path: str, out: str, member: int | None) -> str:
     return f"wrote member {chosen}'s policy to {out} (TorchScript: torch.jit.load, forward(obs [B, obs_dim]))"
 
 
-def evaluate(path: str, episodes: int, member: int | None, seed: int, deterministic: bool) -> str:
+def check_offscreen_rendering(env: EnvSpec) -> None:
+    """Render one frame, or say in one line why this machine cannot."""
+    try:
+        import moviepy  # noqa: F401  (gymnasium's RecordVideo writes MP4s with it)
+    except ImportError:
+        raise ConfigError("--video needs moviepy: pip install 'gpo-mpi[video]'") from None
+    try:
+        with warnings.catch_warnings():  # the failing backend's own warnings would bury the one line below
+            warnings.simplefilter("ignore")
+            probe = env.make(render_mode="rgb_array")
+            probe.reset(seed=0)
+            frame = probe.render()
+            probe.close()
+    except Exception as error:  # the GL backends fail in many ways (missing library, no display, no device)
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigError(f"cannot record video: offscreen rendering does not work on this machine with "
+                          f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '(unset)')} ({reason}); try MUJOCO_GL=egl "
+                          f"(a GPU driver) or MUJOCO_GL=osmesa (libOSMesa)") from None
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+        raise ConfigError(f"cannot record video: {env.name} renders no RGB frames")
+
+
+def evaluate(path: str, episodes: int, member: int | None, seed: int, deterministic: bool,
+             video_dir: str | None = None) -> str:
     config, policy, normalizer, chosen = load_policy(path, member)
-    returns = episode_returns(policy, normalizer, config.env, episodes, seed, config.horizon, deterministic)
+    env = EnvSpec.of(config)
+    if video_dir:
+        check_offscreen_rendering(env)
+    returns = episode_returns(policy, normalizer, env, episodes, seed, deterministic, video_dir,
+                              video_name=f"member{chosen}")
     kind = "mean actions" if deterministic else "sampled actions"
-    return (f"member {chosen} on {config.env}, {episodes} episodes, {kind}: return {returns.mean():.1f} "
+    text = (f"member {chosen} on {config.env}, {episodes} episodes, {kind}: return {returns.mean():.1f} "
             f"+- {returns.std():.1f} (min {returns.min():.1f}, max {returns.max():.1f})")
+    if video_dir:
+        text += f"\nvideo of episode 1 (return {returns[0]:.1f}): {os.path.join(video_dir, f'member{chosen}-episode-0.mp4')}"
+    return text
 
 
 def main(tool: str, arguments: list[str]) -> str:
     """Run one tool; returns what it prints. Raises ConfigError for bad input."""
     parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}")
+    if tool == "plot":
+        from . import plot
+
+        parser.add_argument("runs", metavar="RUN.h5", nargs="+", help="one run, or several to overlay")
+        parser.add_argument("-o", "--out-dir", default=".", help="where the PNGs go (default: here)")
+        parser.add_argument("--figures", nargs="+", choices=plot.FIGURES, default=list(plot.FIGURES))
+        parser.add_argument("--state-steps", type=int, default=1000,
+                            help="states sampled per policy for the states figure")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the states figure's crossover and t-SNE")
+        parsed = parser.parse_args(arguments)
+        if parsed.state_steps <= 0:
+            raise ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
+        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed))
     parser.add_argument("run", metavar="RUN.h5")
     if tool in ("eval", "export"):
         parser.add_argument("--member", type=int, help="member index (default: the best at the end)")
@@ -125,6 +215,8 @@ def main(tool: str, arguments: list[str]) -> str:
         parser.add_argument("--episodes", type=int, default=10)
         parser.add_argument("--seed", type=int, default=12345)
         parser.add_argument("--deterministic", action="store_true", help="act with the mean instead of sampling")
+        parser.add_argument("--video", metavar="DIR", help="record the first episode as an MP4 in DIR (MuJoCo's "
+                                                          "offscreen renderer; MUJOCO_GL=egl unless set)")
     if tool == "export":
         parser.add_argument("-o", "--output", required=True, metavar="policy.pt")
     parsed = parser.parse_args(arguments)
@@ -134,4 +226,4 @@ def main(tool: str, arguments: list[str]) -> str:
         return export(parsed.run, parsed.output, parsed.member)
     if parsed.episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {parsed.episodes}")
-    return evaluate(parsed.run, parsed.episodes, parsed.member, parsed.seed, parsed.deterministic)
+    return evaluate(parsed.run, parsed.episodes, parsed.member, parsed.seed, parsed.deterministic, parsed.video)

@@ -44,6 +44,19 @@ def test_flags_override_toml_which_overrides_preset(tmp_path):
     assert run.normalize_advantages is False
 
 
+def test_env_kwargs_from_a_toml_table_or_a_json_flag(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('env = "HopperHilly-v5"\n[env_kwargs]\ndifficulty = 0.5\nterrain_seed = 3\n')
+    assert parse(["--config", str(toml)], 2).env_kwargs == {"difficulty": 0.5, "terrain_seed": 3}
+    assert parse(["--config", str(toml), "--env-kwargs", '{"difficulty": 2}'], 2).env_kwargs == {"difficulty": 2}
+    assert parse([], 2).env_kwargs == {}
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    for bad in ("difficulty=2", "[1, 2]"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--env-kwargs", bad])
+
+
 @pytest.mark.parametrize("text, message", [
     ("batch_stepz = 5\n", "unknown field(s) batch_stepz"),
     ('batch_steps = "big"\n', "batch_steps must be an integer"),
@@ -51,6 +64,7 @@ def test_flags_override_toml_which_overrides_preset(tmp_path):
     ('algo = "neat"\n', "algo must be one of 'gpo', 'single', 'joint'"),
     ("policy_hidden = [64, 6.5]\n", "policy_hidden must be a list of integers"),
     ("batch_steps = \n", "is not valid TOML"),
+    ('env_kwargs = "difficulty=2"\n', "env_kwargs must be a table of keyword arguments"),
 ])
 def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     toml = tmp_path / "bad.toml"
@@ -97,3 +111,14 @@ def test_iterations_fit_the_budget():
     assert (gpo.iterations_per_round, gpo.iterations) == (3, 6)
     copy = parse(["--population", "2", "--rounds", "2", "--total-steps", "16384", "--components", "SM"])
     assert copy.crossover_steps_per_child == 0 and copy.iterations_per_round == 2
+
+
+def test_tensorboard_without_the_package_is_bad_input(monkeypatch):
+    import importlib.util
+    assert parse(["--tensorboard", "tb"], 2).tensorboard == "tb"  # installed for the tests
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tensorboard" else real_find_spec(name, *args))
+    with pytest.raises(ConfigError, match=r"--tensorboard needs the tensorboard package: pip install"):
+        parse(["--tensorboard", "tb"], 2)
+    assert parse([], 2).tensorboard == ""

@@ -7,7 +7,7 @@ from gpo_mpi import crossover
 from gpo_mpi.config import RunConfig
 from gpo_mpi.mutate import gaussian_kl
 from gpo_mpi.networks import GaussianPolicy, Selector
-from gpo_mpi.rollout import Batch, ObsNormalizer, Sampler
+from gpo_mpi.rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
 def synthetic_batch(center: float, n_steps=200, episode=20, seed=0, reward_scale=1.0) -> Batch:
@@ -86,7 +86,7 @@ def test_dagger_drives_the_child_to_a_fixed_expert():
     with torch.no_grad():
         expert_policy.mean_net[-1].weight.mul_(100.0)  # a policy with real opinions
     child = GaussianPolicy(3, 1)
-    sampler = Sampler("Pendulum-v1", 1, 50, 0, "crossover test")
+    sampler = Sampler(EnvSpec("Pendulum-v1", horizon=50), 1, 0, "crossover test")
     normalizer = ObsNormalizer(3, 10.0)
     batch, _ = sampler.sample(expert_policy, normalizer, 200)
 

@@ -10,13 +10,13 @@ from gpo_mpi.config import RunConfig
 from gpo_mpi.mutate import (Member, a2c_loss, adapt_beta, gaussian_kl, importance_ratios, kl_matrix,
                             pool_batches, ppo_loss, share_sets, update)
 from gpo_mpi.networks import Critic, GaussianPolicy
-from gpo_mpi.rollout import ObsNormalizer, Sampler
+from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
 CONFIG = RunConfig(population=1, total_steps=10_000, batch_steps=64)
 
 
 def sampled_batch(policy, seed=0, steps=64, env_id="Pendulum-v1"):
-    sampler = Sampler(env_id, 1, 20, seed, f"member {seed}")
+    sampler = Sampler(EnvSpec(env_id, horizon=20), 1, seed, f"member {seed}")
     return sampler.sample(policy, ObsNormalizer(3, 10.0), steps)[0]
 
 

@@ -222,3 +222,33 @@ def test_four_ranks_stopped_and_requeued_by_slurm_resume_exactly(mpirun, tmp_pat
     assert sorted(got) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def tensorboard_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+            for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_follow_the_run_file_through_a_resume(mpirun, tmp_path):
+    out, log_dir = tmp_path / "run.h5", tmp_path / "tb"
+    arguments = [*RESUMABLE, "--out", str(out), "--tensorboard", str(log_dir)]
+    stopped = mpirun(2, ["interrupt.py", "1", "4", *arguments], timeout=300)
+    assert stopped.returncode == 3, stopped.stderr
+    resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    scalars = tensorboard_scalars(log_dir)
+    with h5py.File(out) as run_file:
+        steps = run_file["iterations/env_steps"][()]
+        returns = run_file["iterations/member_return"][()]
+        n_rounds = len(run_file["rounds/time_mutate"])
+    best_steps, best = scalars["return/best_member"]
+    has_return = np.isfinite(returns).any(1)
+    assert best_steps == steps[has_return].tolist()  # each step once: the purge dropped the replayed ones
+    np.testing.assert_allclose(best, np.nanmax(returns[has_return], axis=1), rtol=1e-6)
+    member_steps, member_values = scalars["member_return/3"]
+    np.testing.assert_allclose(member_values, returns[np.isfinite(returns[:, 3]), 3], rtol=1e-6)
+    assert len(scalars["time/crossover"][0]) == n_rounds == 3
+    assert len(scalars["gpo/median_kl_between_members"][0]) == 3

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from gpo_mpi.networks import GaussianPolicy, flat_parameters, load_flat_parameters
-from gpo_mpi.rollout import Batch, NonFiniteError, ObsNormalizer, Sampler, UnusableEnvironment, make_env
+from gpo_mpi.rollout import Batch, EnvSpec, NonFiniteError, ObsNormalizer, Sampler, UnusableEnvironment
 
 
 def sample(env_id="Pendulum-v1", n_envs=2, horizon=7, steps=60, seed=0):
-    sampler = Sampler(env_id, n_envs, horizon, seed, "member 3")
+    sampler = Sampler(EnvSpec(env_id, horizon=horizon), n_envs, seed, "member 3")
     obs_dim, act_dim = sampler.raw_obs.shape[1], sampler.envs.single_action_space.shape[0]
     torch.manual_seed(0)
     policy = GaussianPolicy(obs_dim, act_dim)
@@ -111,9 +111,25 @@ def test_numpy_mean_matches_torch():
 
 def test_unusable_environments_are_refused():
     with pytest.raises(UnusableEnvironment, match="cannot make environment 'NoSuchEnv-v9'"):
-        make_env("NoSuchEnv-v9")
+        EnvSpec("NoSuchEnv-v9").make()
     with pytest.raises(UnusableEnvironment, match="has a Discrete action space; gpo-mpi needs a continuous"):
-        make_env("CartPole-v1")
+        EnvSpec("CartPole-v1").make()
+
+
+def test_a_user_environment_class_with_keyword_arguments():
+    env = EnvSpec("user_envs:ReachTarget", {"dim": 3, "target": 0.2}, horizon=7).make()
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (3,) and env.action_space.shape == (3,)
+    for step in range(7):
+        obs, reward, terminated, truncated, _ = env.step(np.zeros(3, np.float32))
+    assert truncated and step == 6  # the horizon's time limit, before the class's own 25 steps
+    assert reward == pytest.approx(-np.sum((obs - 0.2) ** 2))
+    with pytest.raises(UnusableEnvironment, match="with env_kwargs {'size': 3}: .*unexpected keyword argument"):
+        EnvSpec("user_envs:ReachTarget", {"size": 3}).make()
+    with pytest.raises(UnusableEnvironment, match="cannot import 'no_such_package.envs' \\(No module named"):
+        EnvSpec("no_such_package.envs:Thing").make()
+    with pytest.raises(UnusableEnvironment, match="cannot make environment 'user_envs:NoSuchClass-v0'"):
+        EnvSpec("user_envs:NoSuchClass-v0").make()
 
 
 class NaNAfterThreeSteps(gym.Env):
@@ -133,7 +149,7 @@ class NaNAfterThreeSteps(gym.Env):
 
 def test_non_finite_observations_name_member_and_environment():
     gym.register("NaNAfterThreeSteps-v0", entry_point=NaNAfterThreeSteps, disable_env_checker=True)
-    sampler = Sampler("NaNAfterThreeSteps-v0", 1, 0, 0, "member 5")
+    sampler = Sampler(EnvSpec("NaNAfterThreeSteps-v0"), 1, 0, "member 5")
     with pytest.raises(NonFiniteError, match="member 5: environment NaNAfterThreeSteps-v0 returned non-finite"):
         sampler.sample(GaussianPolicy(2, 1), ObsNormalizer(2, 10.0), 10)
 
@@ -146,12 +162,15 @@ def test_gaussian_log_prob_matches_torch_distributions():
     torch.testing.assert_close(gaussian_log_prob(mean, log_std, actions), expected)
 
 
+pendulum = EnvSpec("Pendulum-v1", horizon=10)
+
+
 def test_evaluation_runs_whole_episodes():
     from gpo_mpi.evaluate import episode_returns
     torch.manual_seed(0)
     policy, normalizer = GaussianPolicy(3, 1), ObsNormalizer(3, 10.0)
-    returns = episode_returns(policy, normalizer, "Pendulum-v1", episodes=3, seed=4, horizon=10)
+    returns = episode_returns(policy, normalizer, pendulum, episodes=3, seed=4)
     assert returns.shape == (3,) and np.all(returns < 0)  # Pendulum's rewards are costs
-    np.testing.assert_array_equal(returns, episode_returns(policy, normalizer, "Pendulum-v1", 3, 4, 10))
-    deterministic = episode_returns(policy, normalizer, "Pendulum-v1", 3, 4, 10, deterministic=True)
+    np.testing.assert_array_equal(returns, episode_returns(policy, normalizer, pendulum, 3, 4))
+    deterministic = episode_returns(policy, normalizer, pendulum, 3, 4, deterministic=True)
     assert not np.array_equal(deterministic, returns)

@@ -1,5 +1,8 @@
 """Whole runs of the gpo-mpi command under mpiexec, read back from their run files."""
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -165,3 +168,25 @@ def test_ablations_and_eight_members_on_four_ranks(mpirun, tmp_path, components)
 def select_fittest(member_returns):
     from gpo_mpi import select
     return select.fittest_pairs(select.performance_fitness(member_returns), len(member_returns))
+
+
+def test_a_user_environment_class_trains(mpirun, tmp_path):
+    """`--env package.module:EnvClass` with keyword arguments, on 2 ranks, then evaluated."""
+    out = tmp_path / "user.h5"
+    user_path = {"PYTHONPATH": str(Path(__file__).parent)}
+    result = mpirun(2, [gpo_mpi_command(), *TINY, "--env", "user_envs:ReachTarget", "--env-kwargs",
+                        '{"dim": 3, "target": 0.25}', "--population", "2", "--rounds", "2", "--total-steps", "2048",
+                        "--expert-steps", "64", "--dagger-iterations", "1", "--dagger-steps", "64",
+                        "--selector-epochs", "2", "--out", str(out)], timeout=240, env=user_path)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out) as run_file:
+        assert json.loads(run_file.attrs["config"])["env_kwargs"] == {"dim": 3, "target": 0.25}
+        assert json.loads(run_file["config"].attrs["env_kwargs"]) == {"dim": 3, "target": 0.25}
+        # dim 3 reached the class: 3 inputs and 3 outputs around two hidden layers of 64
+        assert run_file["final/policy_parameters"].shape == (2, 3 * 64 + 64 + 64 * 64 + 64 + 64 * 3 + 3 + 3)
+        assert np.all(np.isfinite(run_file["iterations/member_return"][-1]))
+        assert len(run_file["breeding/parent_pairs"]) == 1
+    evaluation = subprocess.run([gpo_mpi_command(), "eval", str(out), "--episodes", "2"], capture_output=True,
+                                text=True, timeout=120, env={**os.environ, **user_path})
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "on user_envs:ReachTarget, 2 episodes" in evaluation.stdout

@@ -1,4 +1,5 @@
 """gpo-mpi info / eval / export on a run file made by a tiny real run."""
+import os
 import subprocess
 import sys
 
@@ -18,8 +19,21 @@ def finished_run(tmp_path_factory):
     return out
 
 
-def tool(*arguments):
-    return subprocess.run([gpo_mpi_command(), *map(str, arguments)], capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def gpo_run(tmp_path_factory):
+    """Two rounds of GPO on a MuJoCo task: KL matrices, a breeding record, renderable."""
+    out = tmp_path_factory.mktemp("tools") / "gpo.h5"
+    result = subprocess.run([gpo_mpi_command(), *TINY, "--env", "InvertedPendulum-v5", "--population", "3",
+                             "--rounds", "2", "--total-steps", "3072", "--expert-steps", "64", "--dagger-iterations",
+                             "1", "--dagger-steps", "64", "--selector-epochs", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def tool(*arguments, env=None):
+    return subprocess.run([gpo_mpi_command(), *map(str, arguments)], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_info_reports_config_progress_and_best(finished_run):
@@ -61,8 +75,111 @@ def test_exported_policy_runs_without_gpo_mpi(finished_run, tmp_path):
     (["info", "/nonexistent.h5"], "is not a readable HDF5 file"),
     (["eval", "RUN", "--member", "7"], "member 7 does not exist: the run has 2"),
     (["eval", "RUN", "--episodes", "0"], "--episodes must be positive"),
+    (["plot", "RUN", "--figures", "kl"], "has no KL matrix: only gpo runs measure one"),
+    (["plot", "RUN", "/nonexistent.h5"], "/nonexistent.h5 is not a readable HDF5 file"),
+    (["plot", "RUN", "--state-steps", "0"], "--state-steps must be positive"),
 ])
 def test_tools_refuse_bad_input_in_one_line(finished_run, arguments, message):
     result = tool(*[finished_run if a == "RUN" else a for a in arguments])
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+
+
+def png_shape(path):
+    import matplotlib.image
+    return matplotlib.image.imread(path).shape
+
+
+def test_plot_draws_every_figure_of_a_gpo_run(gpo_run, tmp_path):
+    result = tool("plot", gpo_run, "-o", tmp_path, "--state-steps", "200")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["gpo-curves.png", "gpo-family.png", "gpo-kl.png", "gpo-states.png"], written
+    shapes = {name: png_shape(tmp_path / name) for name in written}
+    assert all(len(shape) == 3 and shape[0] > 200 and shape[1] > 200 for shape in shapes.values()), shapes
+    # the states line names both parents, both children, and the episodes each ended
+    states_line = next(line for line in result.stdout.splitlines() if "gpo-states.png" in line)
+    for name in ("(fitter)", "state-space child", "parameter-space child"):
+        assert name in states_line
+    assert states_line.count("episodes ended") + states_line.count("no episode ended") == 4
+
+
+def test_plot_family_tree_and_heatmaps_follow_the_run(gpo_run):
+    """Drawn from the run file: one edge per parent of every child, one heatmap per round."""
+    import h5py
+    from gpo_mpi import plot
+    with h5py.File(gpo_run) as run_file:
+        pairs = run_file["breeding/parent_pairs"][()]
+        kl = run_file["rounds/kl_matrix"][()]
+    tree = plot.family_tree(str(gpo_run))
+    edges = sorted((x[0], y[0], x[1], y[1]) for x, y in (line.get_data() for line in tree.axes[0].lines))
+    expected = sorted((b, parent, b + 1, child) for b, generation in enumerate(pairs)
+                      for child, couple in enumerate(generation) for parent in couple)
+    assert len(pairs) == 1 and edges == expected
+    heatmaps = plot.kl_heatmaps(str(gpo_run))
+    images = [axes.images[0].get_array() for axes in heatmaps.axes if axes.images]
+    assert len(images) == len(kl) == 2
+    for image, matrix in zip(images, kl):
+        np.testing.assert_array_equal(image, matrix)
+
+
+def test_plot_overlays_several_runs_and_skips_what_a_run_lacks(finished_run, gpo_run, tmp_path):
+    result = tool("plot", finished_run, gpo_run, "-o", tmp_path, "--figures", "curves", "kl")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-curves.png", "gpo-kl.png"]
+    assert f"skipped kl of {finished_run}: {finished_run} has no KL matrix" in result.stdout
+
+
+def offscreen_rendering_works() -> bool:
+    """MuJoCo's own EGL renderer, without gpo-mpi: the machine's capability, not the code under test."""
+    code = ("import mujoco\n"
+            "model = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size=\"1\"/></worldbody></mujoco>')\n"
+            "renderer = mujoco.Renderer(model, 64, 64)\n"
+            "renderer.update_scene(mujoco.MjData(model))\n"
+            "assert renderer.render().shape == (64, 64, 3)\n")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                           env={**os.environ, "MUJOCO_GL": "egl"})
+    return probe.returncode == 0
+
+
+def test_eval_records_a_video_of_the_first_episode(gpo_run, tmp_path):
+    if not offscreen_rendering_works():
+        pytest.skip("MuJoCo's EGL offscreen rendering does not work on this machine")
+    result = tool("eval", gpo_run, "--episodes", "2", "--video", tmp_path / "videos", "--deterministic",
+                  env={"MUJOCO_GL": "egl"})
+    assert result.returncode == 0, result.stderr
+    assert "video of episode 1 (return " in result.stdout
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == [next(line.split(": ")[-1] for line in result.stdout.splitlines()
+                                             if "video" in line).split("/")[-1]]
+    import imageio.v3 as iio
+    frames = iio.imread(videos[0])
+    episode_return = float(result.stdout.split("video of episode 1 (return ")[1].split(")")[0])
+    # InvertedPendulum pays 1 per step: one frame at the reset and one per step
+    assert frames.ndim == 4 and len(frames) == round(episode_return) + 1
+    assert frames.std() > 0  # not a blank picture
+
+
+def test_eval_video_where_rendering_cannot_work_is_one_line(gpo_run, tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    environment["MUJOCO_GL"] = "glfw"  # GLFW needs a display, and there is none
+    result = subprocess.run([gpo_mpi_command(), "eval", str(gpo_run), "--video", str(tmp_path / "videos")],
+                            capture_output=True, text=True, timeout=300, env=environment)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert "cannot record video: offscreen rendering does not work on this machine with MUJOCO_GL=glfw" in errors[0]
+    assert not (tmp_path / "videos").exists()
+
+
+def test_learning_curves_show_every_member_and_the_best(finished_run, gpo_run):
+    import h5py
+    from gpo_mpi import plot
+    figure = plot.learning_curves([str(finished_run), str(gpo_run)])
+    lines = figure.axes[0].lines
+    best_lines = [line for line in lines if line.get_label().endswith("best member")]
+    assert [line.get_label().split(" (")[0] for line in best_lines] == ["run", "gpo"]
+    with h5py.File(gpo_run) as run_file:
+        steps, returns = run_file["iterations/env_steps"][()], run_file["iterations/member_return"][()]
+    np.testing.assert_array_equal(best_lines[1].get_xdata(), steps)
+    np.testing.assert_array_equal(best_lines[1].get_ydata(), np.nanmax(returns, axis=1))
+    assert len(lines) == 2 + 3 + 2  # two members, then three, each with its run's best
