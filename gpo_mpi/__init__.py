@@ -2,12 +2,15 @@
 
 Where each part of the paper lives:
 
-- ``kernels``  GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``
-               with numpy versions in ``kernels/reference.py``)
-- ``mpi``      every MPI call: broadcasts, gathers, reductions, abort on error
-- ``cli``      the ``gpo-mpi`` command
-
-The genetic operators (mutate, select, crossover) and the round loop of
-Algorithm 1 join these as the issues that build them land.
+- ``engine``     Algorithm 1: the rounds of MUTATE, SELECT, CROSSOVER over the ranks
+- ``mutate``     PPO (adaptive KL penalty) and A2C, data sharing, the KL matrix
+- ``select``     performance and diversity fitness, choosing couples
+- ``crossover``  state-space crossover by imitation (selector, DAgger), parameter-space crossover
+- ``rollout``    environments, sampling, shared observation normalization
+- ``terrain``    the hilly terrain tasks (HopperHilly-v5, ...), registered on import
+- ``kernels``    GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``, numpy references)
+- ``mpi``        every MPI call: broadcasts, gathers, reductions, abort on error
+- ``runfile``, ``checkpoint``  the HDF5 run file and resuming from it
+- ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
 """
 __version__ = "0.1.0"
