@@ -14,3 +14,18 @@ Where each part of the paper lives:
 - ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
 """
 __version__ = "0.1.0"
+
+
+def register_hilly_envs() -> None:
+    """Register HopperHilly-v5, Walker2dHilly-v5, HalfCheetahHilly-v5 and AntHilly-v5
+    (gpo_mpi.terrain) with gymnasium; safe to call again. By name only, so
+    MuJoCo loads when one is made, not on `import gpo_mpi`."""
+    import gymnasium
+
+    for task in ("Hopper", "Walker2d", "HalfCheetah", "Ant"):
+        if f"{task}Hilly-v5" not in gymnasium.registry:
+            gymnasium.register(f"{task}Hilly-v5", entry_point=f"gpo_mpi.terrain:{task}HillyEnv",
+                               max_episode_steps=1000)  # as the plain v5 tasks
+
+
+register_hilly_envs()
