@@ -164,7 +164,7 @@ def test_eval_video_where_rendering_cannot_work_is_one_line(gpo_run, tmp_path):
     environment = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     environment["MUJOCO_GL"] = "glfw"  # GLFW needs a display, and there is none
     result = subprocess.run([gpo_mpi_command(), "eval", str(gpo_run), "--video", str(tmp_path / "videos")],
-                            capture_output=True, text=True, timeout=300, env=environment)
+                            capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert "cannot record video: offscreen rendering does not work on this machine with MUJOCO_GL=glfw" in errors[0]
