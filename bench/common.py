@@ -1,0 +1,108 @@
+"""What the benchmark and study scripts share: making runs, reading them, writing tables.
+
+Studies are incremental: a run whose file is complete is read, not run
+again; an interrupted one resumes from its checkpoint. A study stopped
+midway (a session's end, a time limit) therefore goes on where it stopped
+when started again.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+RUNS = Path("runs")
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as run_file:
+            return "final" in run_file
+    except OSError:
+        return False
+
+
+def ensure_run(name: str, n_ranks: int, arguments: str, runs_dir: Path = RUNS) -> Path:
+    """runs/NAME.h5 made by `mpiexec -n N gpo-mpi ARGUMENTS`, unless already complete."""
+    out = runs_dir / f"{name}.h5"
+    if is_complete(out):
+        return out
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    command = ["mpiexec", "-n", str(n_ranks), "gpo-mpi", *shlex.split(arguments), "--out", str(out)]
+    resume = ["--resume"] if out.exists() else []
+    print("$", shlex.join(command + resume), flush=True)
+    result = subprocess.run(command + resume, stdout=subprocess.DEVNULL)
+    if result.returncode == 2 and resume:  # nothing to resume from (killed before its first checkpoint)
+        out.unlink()
+        result = subprocess.run(command, stdout=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"{name}: gpo-mpi exited with {result.returncode}")
+    return out
+
+
+def summarize(path: Path) -> dict:
+    """Config, curves and headline numbers of a finished run."""
+    with h5py.File(path) as run_file:
+        config = json.loads(run_file.attrs["config"])
+        n_ranks = int(run_file.attrs["n_ranks"])
+        steps = run_file["iterations/env_steps"][:]
+        returns = run_file["iterations/member_return"][:]
+        wall = run_file["iterations/wall_time"][-1]
+        phases = {phase: float(run_file[f"rounds/time_{phase}"][:].sum())  # files older than the timers lack them
+                  for phase in ("mutate", "select", "crossover", "communication") if f"rounds/time_{phase}" in run_file}
+    best_member_curve = np.nanmax(returns, axis=1)
+    return dict(path=path, config=config, n_ranks=n_ranks, steps=steps, returns=returns,
+                best_curve=best_member_curve, best=np.nanmax(best_member_curve), final=best_member_curve[-1],
+                final_mean=np.nanmean(returns[-1]), wall=wall, phases=phases)
+
+
+def command_line(config: dict, n_ranks: int) -> str:
+    """The gpo-mpi command that makes this config: the fields that differ from the defaults."""
+    from gpo_mpi.config import RunConfig, to_dict
+
+    defaults = to_dict(RunConfig())
+    flags = []
+    for name, value in config.items():
+        value = tuple(value) if isinstance(value, list) else value
+        if name == "out" or value == defaults[name]:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, dict):
+            flags.append(f"{flag} '{json.dumps(value)}'")
+        else:
+            flags.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return f"mpiexec -n {n_ranks} gpo-mpi " + " ".join(flags)
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent)
+    return result.stdout.strip() or "unknown"
+
+
+def write_table(prefix: Path, header: list[str], rows: list[list], notes: list[str]) -> str:
+    """PREFIX.md (a markdown table and notes) and PREFIX.csv; returns the markdown."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(notes)
+    prefix.with_suffix(".md").write_text(text + "\n")
+    csv_lines = [",".join(header)] + [",".join(f'"{cell}"' if "," in str(cell) else str(cell) for cell in row)
+                                      for row in rows]
+    prefix.with_suffix(".csv").write_text("\n".join(csv_lines) + "\n")
+    return text
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
