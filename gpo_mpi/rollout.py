@@ -64,7 +64,7 @@ class EnvSpec:
             env = gym.make(self._entry(), max_episode_steps=self.horizon or None, **self.kwargs, **extra_kwargs)
         except gym.error.Error as error:
             raise UnusableEnvironment(f"cannot make environment {self.name!r}: {error}") from None
-        except TypeError as error:  # a keyword argument the environment does not take
+        except (TypeError, ValueError) as error:  # a keyword argument the environment does not take, or a bad value
             raise UnusableEnvironment(f"cannot make environment {self.name!r} with env_kwargs {self.kwargs}: "
                                       f"{error}") from None
         if not isinstance(env.action_space, gym.spaces.Box):

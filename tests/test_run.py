@@ -75,12 +75,15 @@ def test_joint_spreads_one_policy_over_the_ranks(mpirun, tmp_path):
     (["--env", "CartPole-v1"], "has a Discrete action space"),
     (["--population", "3"], "population (3) must be a whole multiple of the number of ranks (2)"),
     (["--total-steps", "-1"], "total_steps must be positive"),
+    (["--env", "HopperHilly-v5", "--env-kwargs", '{"difficulty": -1}'], "with env_kwargs {'difficulty': -1}: "),
+    (["--env", "Hopper-v5", "--env-kwargs", '{"difficulty": 1}'], "unexpected keyword argument 'difficulty'"),
+    (["--env-kwargs", "difficulty=1"], "argument --env-kwargs: not JSON"),
 ])
 def test_bad_input_is_one_line_from_one_rank(mpirun, tmp_path, arguments, message):
     out = tmp_path / "bad.h5"
     result = mpirun(2, [gpo_mpi_command(), "--out", str(out), *arguments], timeout=120)
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("usage: ")]
     assert len(errors) == 1 and errors[0].startswith("gpo-mpi: error: ") and message in errors[0], result.stderr
     assert not out.exists()
 
