@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from . import __version__, config
@@ -93,7 +94,22 @@ def should_resume(asked: bool, run_file: str) -> bool:
     return asked or (restarted and os.path.exists(run_file))
 
 
+class _EarlySignals:
+    """Stop signals that arrive while a rank starts up (imports, environments), before
+    the run's own handlers exist: remembered, so the run stops after its first iteration
+    instead of the rank dying at once (SLURM may send its warning that early)."""
+
+    def __init__(self):
+        self.received = False
+        for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signal_number, self._remember)
+
+    def _remember(self, signal_number, frame) -> None:
+        self.received = True
+
+
 def main(argv: list[str] | None = None) -> int:
+    early_signals = _EarlySignals()
     one_thread_per_rank()
     from . import mpi
 
@@ -121,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     # Every rank checks the same input and fails alike; rank 0 alone says why.
     try:
         run_config = config.from_arguments(parsed, comm.Get_size())
-        completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out))
+        completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out),
+                        signalled_before_start=lambda: early_signals.received)
     except (config.ConfigError, UnusableEnvironment) as error:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)

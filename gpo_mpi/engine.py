@@ -37,13 +37,16 @@ def member_seed(config: RunConfig, index: int) -> int:
     return config.seed + 1000 * index
 
 
-def run(config: RunConfig, comm, resume: bool = False) -> bool:
+def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=lambda: False) -> bool:
     """One run: `config.n_rounds` rounds of MUTATE, SELECT, CROSSOVER.
 
     With `resume`, continues from the run file's checkpoint. Returns False
-    when a signal stopped the run at a checkpoint before its end.
+    when a signal stopped the run at a checkpoint before its end;
+    `signalled_before_start()` says whether one came before the run's own
+    handlers were set.
     """
     population = Population(config, comm, resume)
+    population.stop_requested |= signalled_before_start()
     for round_index in range(population.round_index, config.n_rounds):
         if not population.mutate(round_index):
             return False

@@ -36,9 +36,9 @@ def uninterrupted(tmp_path_factory):
 
 
 # signal after iteration k: noticed after k + 1; mid-round stops at once, a round's last
-# iteration waits for the checkpoint after breeding
+# iteration waits for the checkpoint after breeding; k = 0: during start-up, noticed after the first
 @pytest.mark.parametrize("signalled_rank, after_iteration, stopped_at_steps", [
-    (1, 1, 512), (0, 2, 768), (1, 7, 3072)])
+    (1, 0, 256), (1, 1, 512), (0, 2, 768), (1, 7, 3072)])
 def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterrupted, signalled_rank,
                                                       after_iteration, stopped_at_steps):
     out = tmp_path / "run.h5"

@@ -2,6 +2,7 @@
 
     mpiexec -n N python interrupt.py RANK ITERATION [gpo-mpi arguments...]
 
+ITERATION 0 sends it during start-up, before the run has set its handlers.
 The ranks learn of the signal at their next agreement point, write a
 checkpoint and exit with gpo-mpi's "stopped" code.
 """
@@ -21,5 +22,15 @@ def record_then_signal(self, round_index, stats):
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
+population_init = engine.Population.__init__
+
+
+def signal_then_init(self, config, comm, resume=False):
+    if comm.Get_rank() == rank_to_signal and at_iteration == 0:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    population_init(self, config, comm, resume)
+
+
 engine.Population.record_iteration = record_then_signal
+engine.Population.__init__ = signal_then_init
 sys.exit(cli.main(sys.argv[3:]))
