@@ -8,7 +8,9 @@ that every member that reads it sees the same states the sampler saw.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -25,6 +27,23 @@ class UnusableEnvironment(ValueError):
 
 class NonFiniteError(RuntimeError):
     """Observations, rewards or a loss stopped being finite, on one rank: the job has to end."""
+
+
+@functools.cache
+def _quiet_known_mujoco_deprecations() -> None:
+    """MuJoCo 4 warns, on stderr and into MUJOCO_LOG.TXT in the working directory, each
+    time gymnasium's HalfCheetah model is built (its XML uses a deprecated attribute):
+    hundreds of lines in a population's log. Drop that one; print the others as before."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+
+    def warn(message: str) -> None:
+        if "is deprecated" not in message:
+            print(f"MuJoCo warning: {message}", file=sys.stderr, flush=True)
+
+    mujoco.set_mju_user_warning(warn)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,7 @@ class EnvSpec:
 
     def make(self, **extra_kwargs) -> gym.Env:
         """One environment, checked to have flat Box observations and Box actions."""
+        _quiet_known_mujoco_deprecations()
         try:
             env = gym.make(self._entry(), max_episode_steps=self.horizon or None, **self.kwargs, **extra_kwargs)
         except gym.error.Error as error:

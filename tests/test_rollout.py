@@ -1,4 +1,7 @@
 """Sampling: environments, batches, episode records, observation normalization."""
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -174,3 +177,15 @@ def test_evaluation_runs_whole_episodes():
     np.testing.assert_array_equal(returns, episode_returns(policy, normalizer, pendulum, 3, 4))
     deterministic = episode_returns(policy, normalizer, pendulum, 3, 4, deterministic=True)
     assert not np.array_equal(deterministic, returns)
+
+
+def test_halfcheetah_builds_quietly_and_other_mujoco_warnings_still_show(tmp_path):
+    code = ("import mujoco\n"
+            "from gpo_mpi.rollout import EnvSpec\n"
+            "for _ in range(3):\n"
+            "    EnvSpec('HalfCheetah-v5').make().close()\n"
+            "mujoco.get_mju_user_warning()('Nan, Inf or huge value in QACC at DOF 0')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "MuJoCo warning: Nan, Inf or huge value in QACC at DOF 0"
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
