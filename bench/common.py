@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import warnings
 from pathlib import Path
 
 import h5py
@@ -54,7 +55,9 @@ def summarize(path: Path) -> dict:
         wall = run_file["iterations/wall_time"][-1]
         phases = {phase: float(run_file[f"rounds/time_{phase}"][:].sum())  # files older than the timers lack them
                   for phase in ("mutate", "select", "crossover", "communication") if f"rounds/time_{phase}" in run_file}
-    best_member_curve = np.nanmax(returns, axis=1)
+    with warnings.catch_warnings():  # iterations before any member finished an episode are all NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best_member_curve = np.nanmax(returns, axis=1)
     return dict(path=path, config=config, n_ranks=n_ranks, steps=steps, returns=returns,
                 best_curve=best_member_curve, best=np.nanmax(best_member_curve), final=best_member_curve[-1],
                 final_mean=np.nanmean(returns[-1]), wall=wall, phases=phases)
