@@ -40,7 +40,9 @@ def _label(path: str, config) -> str:
 def learning_curves(paths: list[str]):
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5))
-    for colour, path in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(paths), paths):
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, path in enumerate(paths):
+        colour = colours[index % len(colours)]
         with open_run(path) as run_file:
             config = run_config(run_file)
             steps = run_file["iterations/env_steps"][()]
@@ -50,9 +52,8 @@ def learning_curves(paths: list[str]):
             raise ConfigError(f"{path} has no finished iteration to plot")
         for member_returns in returns.T:
             axes.plot(steps, member_returns, color=colour, linewidth=0.6, alpha=0.35)
-        with np.errstate(all="ignore"):
-            best = np.where(np.isfinite(returns).any(1), np.nanmax(np.where(np.isfinite(returns), returns, -np.inf),
-                                                                    axis=1), np.nan)
+        best = np.where(np.isfinite(returns), returns, -np.inf).max(axis=1)
+        best[np.isinf(best)] = np.nan  # no member has finished an episode yet
         axes.plot(steps, best, color=colour, linewidth=2, label=f"{_label(path, config)}: best member")
         if len(paths) == 1:  # round boundaries, where crossover replaced the population
             for boundary in steps[np.flatnonzero(np.diff(rounds)) + 1]:
