@@ -89,6 +89,16 @@ def git_commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def mean_and_error(values: list[float]) -> str:
+    """'mean ± standard error (n=N)' of one number per seed; 'pending' before any."""
+    if not values:
+        return "pending"
+    if len(values) == 1:
+        return f"{values[0]:.0f} (n=1)"
+    error = np.std(values, ddof=1) / np.sqrt(len(values))
+    return f"{np.mean(values):.0f} ± {error:.0f} (n={len(values)})"
+
+
 def write_table(prefix: Path, header: list[str], rows: list[list], notes: list[str]) -> str:
     """PREFIX.md (a markdown table and notes) and PREFIX.csv; returns the markdown."""
     prefix.parent.mkdir(parents=True, exist_ok=True)

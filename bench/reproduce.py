@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import command_line, ensure_run, git_commit, is_complete, pyplot, summarize, write_table
+from common import (command_line, ensure_run, git_commit, is_complete, mean_and_error, pyplot, summarize,
+                    write_table)
 
 RUNS = Path("runs/reproduce")
 # Table 1 of the paper (PPO, 8M steps, mean of 8 seeds): GPO, Single, Joint.
@@ -53,13 +54,6 @@ def subsets() -> list[str]:
 
 def label(components: str) -> str:
     return "GPO" if components == "CSM" else "Base" + "".join(f"+{c}" for c in components)
-
-
-def mean_and_error(values: list[float]) -> str:
-    if not values:
-        return "pending"
-    error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return f"{np.mean(values):.0f} ± {error:.0f} (n={len(values)})" if len(values) > 1 else f"{values[0]:.0f} (n=1)"
 
 
 def table_1(args, finals: dict) -> str:
