@@ -2,7 +2,7 @@
 
     python bench/population.py --study per-member [--populations 2 4 8 16 32] [--per-member-steps 150000]
     python bench/population.py --study total [--populations 2 4 8 16 32] [--total-steps 1200000]
-    python bench/population.py --study per-member --seeds 0 1   # two seeds per population
+    python bench/population.py --study per-member --seeds 0      # one seed only
     python bench/population.py --study per-member --report-only
 
 per-member (Figure 7): every population uses batch 2048 per member and the
@@ -11,7 +11,7 @@ and grows with m. total (Figure 10): every population gets the same total
 budget, and the batch of each gradient step shrinks in proportion to m
 (2048 x 8 / m: 8,192 for m = 2, 512 for m = 32).
 
-All runs: Walker2d-v5 (the paper's task for both figures), `--seeds` (0), `--rounds`
+All runs: Walker2d-v5 (the paper's task for both figures), `--seeds` (0 and 1), `--rounds`
 rounds (3), crossover scaled down to 2,000 expert steps and 5 DAgger
 iterations of 400 steps per child (the paper's 5,000 and 10 x 500 would
 take most of these small budgets), on `--ranks` MPI ranks (2: this
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--per-member-steps", type=int, default=150_000)
     parser.add_argument("--total-steps", type=int, default=1_200_000)
     parser.add_argument("--env", default="Walker2d-v5")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--report-only", action="store_true")
