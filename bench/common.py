@@ -55,12 +55,20 @@ def summarize(path: Path) -> dict:
         wall = run_file["iterations/wall_time"][-1]
         phases = {phase: float(run_file[f"rounds/time_{phase}"][:].sum())  # files older than the timers lack them
                   for phase in ("mutate", "select", "crossover", "communication") if f"rounds/time_{phase}" in run_file}
+        evaluation = run_file["final/eval_returns"][()] if "final/eval_returns" in run_file else None
+        diagnostics = {name: run_file[name][()] for name in
+                       ("iterations/round", "iterations/share_set_size", "iterations/effective_sample_size",
+                        "rounds/kl_matrix", "breeding/child_return", "breeding/parent_returns",
+                        "breeding/parent_pairs", "breeding/member_return_before") if name in run_file}
     with warnings.catch_warnings():  # iterations before any member finished an episode are all NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         best_member_curve = np.nanmax(returns, axis=1)
+    eval_means = evaluation.mean(axis=1) if evaluation is not None else None
     return dict(path=path, config=config, n_ranks=n_ranks, steps=steps, returns=returns,
                 best_curve=best_member_curve, best=np.nanmax(best_member_curve), final=best_member_curve[-1],
-                final_mean=np.nanmean(returns[-1]), wall=wall, phases=phases)
+                final_mean=np.nanmean(returns[-1]), wall=wall, phases=phases, diagnostics=diagnostics,
+                eval_best=float(eval_means.max()) if eval_means is not None else np.nan,
+                eval_mean=float(eval_means.mean()) if eval_means is not None else np.nan)
 
 
 def command_line(config: dict, n_ranks: int) -> str:

@@ -41,7 +41,7 @@ class RunConfig:
     mutation: Literal["ppo", "a2c"] = "ppo"
     """Policy-gradient method of MUTATE: PPO with the adaptive KL penalty, or A2C."""
     population: int = 0
-    """Number of members m; 0 means one per MPI rank. More than the ranks must be a whole multiple of them."""
+    """Number of members m (Joint: sampler slots of its one policy); 0 means one per MPI rank. More than the ranks must be a whole multiple of them."""
     total_steps: int = 8_000_000
     """Environment-step budget of the whole run, every rollout counted (the paper: 1M per member)."""
     rounds: int = 12
@@ -103,12 +103,24 @@ class RunConfig:
     # ---------------------------------------------------------- data sharing
     share_epsilon: float = 0.1
     """Component M: member i learns from j's batch when KL[pi_i, pi_j] < share_epsilon (mean over shared states)."""
+    share_max: int = 0
+    """At most this many other members in S_i, the nearest by KL (0: no limit, the paper's rule)."""
+    share_every: int = 1
+    """Iterations between measurements of the KL matrix that decide S_i (0: once, at the round's start, as the paper)."""
+    share_ratio_cap: float = 1.0
+    """Truncation of the fixed factor pi_i_old / pi_j_old of a foreign sample's importance weight, as V-trace's (inf: none, the paper's)."""
+    critic_data: Literal["own", "shared"] = "own"
+    """What each critic is fitted on under data sharing: its member's own batch, or the whole pooled data S_i."""
     kl_states: int = 1024
     """States per member pooled into the shared set on which the KL matrix is measured."""
 
+    # -------------------------------------------------------------- evaluation
+    eval_episodes: int = 10
+    """Whole episodes with the mean action that evaluate every policy at the run's end (not counted in total_steps); the best by this picks the run's best member. 0: none, best by training returns."""
+
     def local_members(self, n_ranks: int) -> int:
-        """Members each rank holds (Joint: always 1, the shared policy)."""
-        return 1 if self.algo == "joint" else self.population // n_ranks
+        """Member slots each rank holds (Joint: sampler slots of its one policy)."""
+        return self.population // n_ranks
 
     def validate(self, n_ranks: int) -> None:
         """Raise ConfigError with one line naming the first bad value."""
@@ -117,7 +129,8 @@ class RunConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ["horizon", "minibatch", "seed", "checkpoint_every"]:
+        for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "eval_episodes",
+                     "selector_states"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -132,18 +145,15 @@ class RunConfig:
             raise ConfigError(f"max_grad_norm must be zero or positive, got {self.max_grad_norm}")
         if not self.share_epsilon >= 0:
             raise ConfigError(f"share_epsilon must be zero or positive, got {self.share_epsilon}")
+        if not self.share_ratio_cap > 0:
+            raise ConfigError(f"share_ratio_cap must be positive (inf: no truncation), got {self.share_ratio_cap}")
         if any(size <= 0 for size in self.policy_hidden + self.critic_hidden):
             raise ConfigError("hidden layer sizes must be positive")
         if self.population <= 0:
             raise ConfigError(f"population must be positive, got {self.population}")
         if self.batch_steps % self.n_envs:
             raise ConfigError(f"batch_steps ({self.batch_steps}) must be a multiple of n_envs ({self.n_envs})")
-        if self.algo == "joint":
-            if (self.population * self.batch_steps) % (n_ranks * self.n_envs):
-                raise ConfigError(f"joint: the batch of population x batch_steps = "
-                                  f"{self.population * self.batch_steps} steps must split evenly over "
-                                  f"{n_ranks} ranks x {self.n_envs} envs")
-        elif self.population % n_ranks:
+        if self.population % n_ranks:
             raise ConfigError(f"population ({self.population}) must be a whole multiple of the number of "
                               f"ranks ({n_ranks})")
         for name in ["selector_epochs", "crossover_minibatch", "expert_steps", "dagger_epochs"]:
@@ -189,6 +199,10 @@ class RunConfig:
     """An unordered couple breeds at most once per round; false allows (x, y) and (y, x) both."""
     child_init: Literal["fitter", "random"] = "fitter"
     """The child's initial policy and critic: copies of the fitter parent's, or fresh random networks."""
+    child_beta: Literal["initial", "fitter"] = "initial"
+    """The child's KL-penalty weight: initial_beta, or the fitter parent's (which may have grown far from it)."""
+    expert_choice: Literal["argmax", "sample"] = "argmax"
+    """How the expert pi_H picks a parent at a state: the more likely under pi_S, or a draw from pi_S (the paper's)."""
     top_fraction: float = 0.6
     """Share of each parent's trajectories (best by return) that train the selector."""
     selector_hidden: tuple[int, ...] = (32, 32)
@@ -197,6 +211,8 @@ class RunConfig:
     """Adam learning rate of the selector."""
     selector_epochs: int = 100
     """Passes over the parents' states when training the selector."""
+    selector_states: int = 4096
+    """States per parent that train the selector, drawn evenly from its best trajectories of the whole round (0: all of them)."""
     crossover_minibatch: int = 64
     """Minibatch size of selector and DAgger training."""
     expert_steps: int = 5000
@@ -254,6 +270,12 @@ class RunConfig:
 PRESETS: dict[str, dict] = {
     # Section 6.3 of the paper: rllab's horizon of 512 steps.
     "paper": dict(horizon=512),
+    # The paper's rules read literally where gpo-mpi's defaults differ (docs/RESULTS.md measures both):
+    # S_i fixed at each round's start with epsilon 0.1 and no limit, untruncated importance weights, critics
+    # fitted on the pooled data, the expert drawing its parent from pi_S, children keeping the fitter
+    # parent's penalty weight.
+    "paper-literal": dict(share_epsilon=0.1, share_max=0, share_every=0, share_ratio_cap=math.inf,
+                          critic_data="shared", expert_choice="sample", child_beta="fitter"),
     # Minibatch PPO as in CleanRL and Stable-Baselines3 (32 minibatches of 64 per batch of 2048).
     "minibatch": dict(minibatch=64, policy_lr=3e-4, critic_lr=1e-3, critic_epochs=10),
 }

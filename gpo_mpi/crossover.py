@@ -1,9 +1,9 @@
 """CROSSOVER: a child from two parents, by imitation in state space.
 
 State-space crossover (the paper's): train a selector pi_S(parent | s) by
-return-weighted maximum likelihood on the parents' best trajectories; the
-expert pi_H picks a parent with pi_S at every state and acts with that
-parent's Gaussian; DAgger then distills pi_H into a child network of the
+return-weighted maximum likelihood on the parents' best trajectories of
+their last mutation round; the expert pi_H picks a parent with pi_S at every
+state (the more likely one, or a draw) and acts with that parent's Gaussian; DAgger then distills pi_H into a child network of the
 parents' shape, minimizing KL[pi_child(.|s) || pi_parent(s)(.|s)] in closed
 form. Two comparison operators: parameter-space crossover (every layer from
 a random parent) and copying the fitter parent (the ablation base).
@@ -36,14 +36,25 @@ def trajectory_bounds(batch: Batch) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
-def best_trajectory_states(batch: Batch, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """States of the best `fraction` of the batch's trajectories by return, and
-    each state's trajectory return."""
-    bounds = trajectory_bounds(batch)
-    returns = np.array([batch.rewards[start:end].sum() for start, end in bounds], dtype=np.float64)
-    keep = np.argsort(-returns, kind="stable")[:max(1, int(np.ceil(fraction * len(bounds))))]
-    states = np.concatenate([batch.obs[bounds[i][0]:bounds[i][1]] for i in keep])
-    state_returns = np.concatenate([np.full(bounds[i][1] - bounds[i][0], returns[i]) for i in keep])
+def batch_trajectories(batch: Batch) -> list[tuple[np.ndarray, float]]:
+    """A batch's trajectories as (states, return), cut-off ones included: the
+    selector's data when a parent finished no episode in its whole round."""
+    return [(batch.obs[start:end], float(batch.rewards[start:end].sum(dtype=np.float64)))
+            for start, end in trajectory_bounds(batch)]
+
+
+def selector_data(trajectories: list[tuple[np.ndarray, float]], fraction: float, max_states: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """States of the best `fraction` of the trajectories by return, with each
+    state's trajectory return; at most `max_states` of them (0: all), drawn
+    without replacement, in trajectory order."""
+    returns = np.array([episode_return for _, episode_return in trajectories], dtype=np.float64)
+    keep = np.argsort(-returns, kind="stable")[:max(1, int(np.ceil(fraction * len(trajectories))))]
+    states = np.concatenate([trajectories[i][0] for i in keep])
+    state_returns = np.concatenate([np.full(len(trajectories[i][0]), returns[i]) for i in keep])
+    if 0 < max_states < len(states):
+        chosen = np.sort(rng.choice(len(states), max_states, replace=False))
+        states, state_returns = states[chosen], state_returns[chosen]
     return states, state_returns
 
 
@@ -77,16 +88,24 @@ def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.nda
 
 
 class Expert:
-    """pi_H: at each state, a parent drawn from pi_S, then that parent's Gaussian."""
+    """pi_H: at each state, a parent chosen with pi_S, then that parent's Gaussian.
 
-    def __init__(self, selector: Selector, parents: tuple[GaussianPolicy, GaussianPolicy]):
+    `choice` "argmax" takes the more likely parent (ties: the first), so a
+    state where pi_S is unsure is labelled by one parent's action rather than,
+    over many visits, by the average of both; "sample" draws it from pi_S.
+    """
+
+    def __init__(self, selector: Selector, parents: tuple[GaussianPolicy, GaussianPolicy], choice: str = "sample"):
         self.selector = selector
         self.parents = parents
+        self.choice = choice
 
     def choose_parents(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """0 for the first parent, 1 for the second, drawn from pi_S for every row."""
+        """0 for the first parent, 1 for the second, for every row."""
         with torch.no_grad():
             second = torch.softmax(self.selector(torch.from_numpy(obs)), dim=-1)[:, 1].numpy()
+        if self.choice == "argmax":
+            return (second > 0.5).astype(np.int64)
         return (rng.random(len(obs)) < second).astype(np.int64)
 
     def labels(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -128,24 +147,27 @@ class CrossoverRecord:
     second_parent_share: float  # fraction of expert-labelled states given to the second parent
 
 
-def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy, batch_x: Batch, batch_y: Batch,
+def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy,
+                          data_x: tuple[np.ndarray, np.ndarray], data_y: tuple[np.ndarray, np.ndarray],
                           child: GaussianPolicy, sampler: Sampler, normalizer: ObsNormalizer, config: RunConfig,
                           seed: int) -> CrossoverRecord:
-    """Train `child` (already initialized) to imitate the two parents in state space."""
+    """Train `child` (already initialized) to imitate the two parents in state space.
+
+    `data_x` and `data_y` are each parent's (states, trajectory returns) from
+    `selector_data`."""
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    obs_dim, act_dim = batch_x.obs.shape[1], batch_x.actions.shape[1]
+    (states_x, returns_x), (states_y, returns_y) = data_x, data_y
+    obs_dim, act_dim = states_x.shape[1], parent_x.log_std.shape[0]
 
     # 1-2. The selector, from the parents' best trajectories.
-    states_x, returns_x = best_trajectory_states(batch_x, config.top_fraction)
-    states_y, returns_y = best_trajectory_states(batch_y, config.top_fraction)
     states = np.concatenate([states_x, states_y])
     labels = np.concatenate([np.zeros(len(states_x)), np.ones(len(states_y))])
     weights = return_weights(np.concatenate([returns_x, returns_y]))
     torch.manual_seed(seed)
     selector = Selector(obs_dim, config.selector_hidden)
     selector_loss = train_selector(selector, states, labels, weights, config, generator)
-    expert = Expert(selector, (parent_x, parent_y))
+    expert = Expert(selector, (parent_x, parent_y), config.expert_choice)
 
     # 3. Expert transitions, labelled by the expert, start the dataset.
     expert_batch, _ = sampler.run(expert.act, normalizer, config.expert_steps, act_dim)

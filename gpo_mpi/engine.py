@@ -8,10 +8,17 @@ path: which ones run depends only on values all ranks hold alike (the
 config, the KL matrix, the pairs rank 0 scattered).
 
 Single and Joint are one long round of mutation; GPO ends with the last
-round's mutation (its children would never be trained or evaluated).
+round's mutation (its children would never be trained or evaluated). Joint's
+one policy samples with m sampler slots spread over the ranks like GPO's
+members, and every rank takes the step of the whole batch, so a Joint run
+does not depend on the number of ranks.
+
+Every run ends with a deterministic evaluation of every policy (mean
+actions, whole episodes); the best by it is the run's best member.
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import signal
 import time
@@ -24,17 +31,26 @@ import torch
 
 from . import checkpoint, crossover, mpi, select
 from .config import ConfigError, RunConfig
-from .mutate import Member, kl_matrix, pool_batches, share_sets, update
+from .evaluate import episode_returns
+from .mutate import DataParallel, Member, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
-from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
+from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import RunFileWriter
 from .scalars import TensorBoardScalars
 
 RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
+EVALUATION_SEED_OFFSET = 500_000  # evaluation episodes never reuse a training environment's seed
 
 
 def member_seed(config: RunConfig, index: int) -> int:
     return config.seed + 1000 * index
+
+
+def recorder_stride(config: RunConfig) -> int:
+    """Keep about twice the selector's states per member and round (every state when it takes all)."""
+    if not config.selector_states:
+        return 1
+    return max(1, config.iterations_per_round * config.batch_steps // (2 * config.selector_states))
 
 
 def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=lambda: False) -> bool:
@@ -64,6 +80,7 @@ def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=la
 
 @dataclass
 class LocalMember:
+    """One member slot of this rank (Joint: one sampler slot, all sharing the one policy)."""
     member: Member
     sampler: Sampler
     sampler_seed: int  # restarts derive their seeds from it
@@ -134,18 +151,21 @@ class Population:
         self.env = EnvSpec.of(config)
         self.obs_dim, self.act_dim = self.env.space_sizes()
         self.joint = config.algo == "joint"
-        if self.joint:  # one policy, same initial weights on every rank; each rank samples its share
-            member_indices = [0]
-            self.steps_per_sampler = config.population * config.batch_steps // self.n_ranks
-            sampler_seeds = [member_seed(config, self.rank) + 1]
+        per_rank = config.local_members(self.n_ranks)
+        slots = [self.rank * per_rank + k for k in range(per_rank)]
+        if self.joint:  # one policy, the same initial weights on every rank
+            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
+            members = [joint_member] * per_rank
         else:
-            per_rank = config.local_members(self.n_ranks)
-            member_indices = [self.rank * per_rank + k for k in range(per_rank)]
-            self.steps_per_sampler = config.batch_steps
-            sampler_seeds = [member_seed(config, i) + 1 for i in member_indices]
-        self.local = [LocalMember(Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)),
-                                  Sampler(self.env, config.n_envs, seed, f"member {i}"), seed)
-                      for i, seed in zip(member_indices, sampler_seeds)]
+            members = [Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)) for i in slots]
+        # Crossover's selector learns from each parent's whole round of episodes.
+        records_episodes = config.has("C") and config.crossover_operator == "state"
+        self.local = []
+        for slot, member in zip(slots, members):
+            recorder = EpisodeRecorder(config.n_envs, recorder_stride(config)) if records_episodes else None
+            name = f"joint sampler {slot}" if self.joint else f"member {slot}"
+            seed = member_seed(config, slot) + 1
+            self.local.append(LocalMember(member, Sampler(self.env, config.n_envs, seed, name, recorder), seed))
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
         self.returns = ReturnLog(config.n_policies)
@@ -156,7 +176,8 @@ class Population:
         self.round_index, self.step_in_round = 0, 0  # where the run goes on
         self.elapsed_before = 0.0  # wall time of the run before a resume
         self.start_time = time.monotonic()
-        self.awaiting_child_returns = False
+        self.child_returns: list[list[float]] | None = None  # rank 0: each new child's first episodes
+        self.fitter_parent_returns = np.full(config.n_policies, np.nan)  # rank 0: of the latest children
         self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
         self.stop_requested = self.stop_agreed = False
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
@@ -169,6 +190,11 @@ class Population:
         if self.writer and config.tensorboard:
             # A resumed run drops the events logged after its checkpoint, which it logs again.
             self.scalars = TensorBoardScalars(config.tensorboard, self.env_steps + 1 if resume else None)
+
+    @property
+    def members(self) -> list[Member]:
+        """This rank's distinct policies: one per slot, or Joint's one."""
+        return [self.local[0].member] if self.joint else [lm.member for lm in self.local]
 
     def _request_stop(self, signal_number, frame) -> None:
         # Only a flag: the ranks agree on it at the next safe point (see mutate).
@@ -187,11 +213,12 @@ class Population:
         first_step, self.step_in_round = self.step_in_round, 0
         for step in range(first_step, config.iterations_per_round):
             with self.timer("mutate"):
-                sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, self.steps_per_sampler)
+                sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, config.batch_steps)
                            for lm in self.local]
                 self.last_batches = [batch for batch, _ in sampled]
-                if step == 0 and config.algo == "gpo":
-                    self.measure_sharing(round_index)
+                remeasure = config.has("M") and config.share_every and step % config.share_every == 0
+                if config.algo == "gpo" and (step == 0 or remeasure):
+                    self.measure_sharing(round_index, step)
                 stats = self.update_members()
                 # One Allreduce carries the observation sums and whether any rank got a stop signal.
                 raw_obs = np.concatenate([raw for _, raw in sampled])
@@ -220,13 +247,15 @@ class Population:
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
         """Save everything needed to go on from (round, step) into the run file."""
         self.restart_samplers()
-        rank_state = pickle.dumps([checkpoint.member_state(lm.member) for lm in self.local])
+        episodes = [lm.sampler.recorder.finished if lm.sampler.recorder else None for lm in self.local]
+        rank_state = pickle.dumps(dict(members=[checkpoint.member_state(member) for member in self.members],
+                                       episodes=episodes))
         rank_states = self._mpi(mpi.gather_objects, rank_state)
         if self.writer:
             shared = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
                           env_steps=self.env_steps, share_sets=self.share_sets,
                           normalizer=self.normalizer.state(), windows=[list(w) for w in self.returns.windows],
-                          awaiting_child_returns=self.awaiting_child_returns,
+                          child_returns=self.child_returns, fitter_parent_returns=self.fitter_parent_returns,
                           latest_best_return=self.latest_best_return, lengths=self.writer.lengths(),
                           elapsed=self.elapsed_before + time.monotonic() - self.start_time)
             self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
@@ -246,8 +275,12 @@ class Population:
             raise ConfigError(error)
         shared = self._mpi(mpi.bcast_object, loaded[0] if loaded else None)
         rank_state = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
-        for lm, state in zip(self.local, pickle.loads(rank_state)):
-            checkpoint.restore_member(lm.member, state)
+        rank_state = pickle.loads(rank_state)
+        for member, state in zip(self.members, rank_state["members"]):
+            checkpoint.restore_member(member, state)
+        for lm, episodes in zip(self.local, rank_state["episodes"]):
+            if lm.sampler.recorder is not None:
+                lm.sampler.recorder.finished = episodes
         self.round_index, self.step_in_round = shared["round_index"], shared["step_in_round"]
         self.iteration, self.env_steps = shared["iteration"], shared["env_steps"]
         self.share_sets = shared["share_sets"]
@@ -258,47 +291,56 @@ class Population:
             return None
         for window, values in zip(self.returns.windows, shared["windows"]):
             window.extend(values)
-        self.awaiting_child_returns = shared["awaiting_child_returns"]
+        self.child_returns = shared["child_returns"]
+        self.fitter_parent_returns = shared["fitter_parent_returns"]
         self.latest_best_return = shared["latest_best_return"]
         print(f"resuming {self.config.out} at iteration {self.iteration} (round {self.round_index + 1}), "
               f"{self.env_steps:,} steps done", flush=True)
         return RunFileWriter(self.config.out, self.config, self.n_ranks, lengths=shared["lengths"])
 
-    def measure_sharing(self, round_index: int) -> None:
-        """Component M: the KL matrix on this round's first batches decides S_i."""
-        kl = self.measure_kl_matrix(round_index)
-        epsilon = self.config.share_epsilon if self.config.has("M") else -np.inf
-        self.share_sets = share_sets(kl, epsilon)
-        if self.writer:
+    def measure_sharing(self, round_index: int, step: int) -> None:
+        """Component M: the KL matrix on the current batches decides S_i (every
+        `share_every` iterations; at the round's start it is also recorded)."""
+        config = self.config
+        kl = self.measure_kl_matrix()
+        epsilon = config.share_epsilon if config.has("M") else -np.inf
+        self.share_sets = share_sets(kl, epsilon, config.share_max)
+        if self.writer and step == 0:
             set_sizes = [len(s) for s in self.share_sets]
             self.writer.append(rounds__kl_matrix=kl, rounds__share_set_sizes=set_sizes)
             median_kl = float(np.median(kl[~np.eye(len(kl), dtype=bool)]))
-            print(f"round {round_index + 1}/{self.config.n_rounds}: data sharing |S_i| = {set_sizes}, "
+            print(f"round {round_index + 1}/{config.n_rounds}: data sharing |S_i| = {set_sizes}, "
                   f"median KL between members {median_kl:.3g}", flush=True)
             if self.scalars:
                 self.scalars.sharing(self.env_steps, median_kl, np.mean(set_sizes))
 
     def update_members(self) -> list:
+        """One policy-gradient iteration of every local policy; returns their statistics (self.members order)."""
         config = self.config
-        if any(len(s) > 1 for s in self.share_sets):
-            all_batches = self.gather_batches()
-            stats = []
-            for lm in self.local:
-                members_read = list(self.share_sets[lm.member.index])
-                pooled = pool_batches(lm.member.critic, [all_batches[j] for j in members_read],
-                                      members_read.index(lm.member.index), config)
-                stats.append(update(lm.member, pooled, config))
-            return stats
-        reduce_gradients = reduce_mean = None
-        if self.joint and self.n_ranks > 1:  # data parallel: every rank takes the step of the whole batch
-            def reduce_gradients(parameters):
-                self._mpi(mpi.average_gradients, parameters)
+        if self.joint:
+            return [self.update_joint()]
+        all_batches = self.gather_batches() if any(len(s) > 1 for s in self.share_sets) else None
+        stats = []
+        for lm, own_batch in zip(self.local, self.last_batches):
+            members_read = list(self.share_sets[lm.member.index])
+            batches = [all_batches[j] for j in members_read] if all_batches else [own_batch]
+            pooled = pool_batches(lm.member, batches, members_read.index(lm.member.index), config)
+            stats.append(update(lm.member, pooled, config))
+        return stats
 
-            def reduce_mean(value):
-                return float(self._mpi(mpi.allreduce_sum, np.array([value]))[0] / self.n_ranks)
-        return [update(lm.member, pool_batches(lm.member.critic, [batch], 0, config), config,
-                       reduce_gradients, reduce_mean)
-                for lm, batch in zip(self.local, self.last_batches)]
+    def update_joint(self):
+        """Joint's one policy learns from the batches of every sampler slot: this
+        rank's rows are the slots it holds, and the step is the whole batch's."""
+        config = self.config
+        total_rows = config.population * config.batch_steps
+        parallel = None
+        if self.n_ranks > 1:
+            parallel = DataParallel(first_row=self.rank * len(self.local) * config.batch_steps, total_rows=total_rows,
+                                    sum_values=lambda values: self._mpi(mpi.allreduce_sum, values),
+                                    sum_gradients=lambda parameters: self._mpi(mpi.sum_gradients, parameters))
+        member = self.local[0].member
+        stats = update(member, pool_batches(member, self.last_batches, None, config, parallel), config, parallel)
+        return dataclasses.replace(stats, effective_sample_size=float(total_rows))
 
     def gather_batches(self) -> list[Batch]:
         """Every member's last batch on every rank, in member order (one Allgatherv)."""
@@ -306,11 +348,11 @@ class Population:
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
         return [Batch.from_rows(r, self.obs_dim) for r in np.split(all_rows, self.config.population)]
 
-    def measure_kl_matrix(self, round_index: int) -> np.ndarray:
+    def measure_kl_matrix(self) -> np.ndarray:
         """KL[pi_i || pi_j] for all members, on states pooled from every member's last batch."""
         def subsample(member_index: int, batch: Batch) -> np.ndarray:
-            # Seeded by member, not rank, so the states do not depend on the rank layout.
-            rng = np.random.default_rng((self.config.seed, member_index, round_index))
+            # Seeded by member and iteration, not rank, so the states do not depend on the rank layout.
+            rng = np.random.default_rng((self.config.seed, member_index, self.iteration))
             return batch.obs[rng.choice(batch.n_steps, min(self.config.kl_states, batch.n_steps), replace=False)]
 
         own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
@@ -328,23 +370,24 @@ class Population:
         episode_rows = [np.column_stack([np.full(len(r), lm.member.index), r, n]) for lm in self.local
                         for r, n in [lm.sampler.episodes.take()]]
         episodes, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(episode_rows).reshape(-1, 3))
-        member_rows = np.array([[lm.member.index, s.beta, s.kl] for lm, s in zip(self.local, stats)])
+        member_rows = np.array([[member.index, s.beta, s.kl, len(self.share_sets[member.index]),
+                                 s.effective_sample_size] for member, s in zip(self.members, stats)])
         member_stats, _ = self._mpi(mpi.allgatherv_rows, member_rows)
         if not self.writer:
             return
         counts = self.returns.add(episodes)
-        if self.awaiting_child_returns:  # the children's first batch, before any update changed them
-            self.writer.append(breeding__child_return=mean_return_per_member(episodes, config.n_policies))
-            self.awaiting_child_returns = False
+        if self.child_returns is not None:
+            self.collect_child_returns(episodes)
         returns = self.returns.member_returns()
-        beta, policy_kl = np.full((2, config.n_policies), np.nan)
+        beta, policy_kl, set_sizes, sample_sizes = np.full((4, config.n_policies), np.nan)
         # Joint's one member appears once per rank with equal values: any copy will do.
-        beta[member_stats[:, 0].astype(int)] = member_stats[:, 1]
-        policy_kl[member_stats[:, 0].astype(int)] = member_stats[:, 2]
+        for column, values in enumerate((beta, policy_kl, set_sizes, sample_sizes), start=1):
+            values[member_stats[:, 0].astype(int)] = member_stats[:, column]
         elapsed = self.elapsed_before + time.monotonic() - self.start_time
         self.writer.append(iterations__env_steps=self.env_steps, iterations__wall_time=elapsed,
                            iterations__round=round_index, iterations__member_return=returns,
-                           iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl)
+                           iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl,
+                           iterations__share_set_size=set_sizes, iterations__effective_sample_size=sample_sizes)
         rate = self.env_steps / max(elapsed, 1e-9)
         if self.scalars:
             self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate)
@@ -352,9 +395,34 @@ class Population:
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan
         mean_text, best_text = (f"{finite.mean():8.1f}", f"{finite.max():8.1f}") if len(finite) else ("n/a",) * 2
+        sharing_text = (f"|S_i| {set_sizes.mean():3.1f} ESS {sample_sizes.mean() / config.batch_steps:4.2f} | "
+                        if config.has("M") else "")
         print(f"iter {self.iteration:4d}/{config.iterations} | round {round_index + 1:2d} | "
               f"steps {self.env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
-              f"ETA {format_duration(max(eta, 0))}", flush=True)
+              f"{sharing_text}ETA {format_duration(max(eta, 0))}", flush=True)
+
+    def collect_child_returns(self, episodes: np.ndarray) -> None:
+        """Rank 0: the returns of each child's first n_envs episodes (its environments restart at its birth)."""
+        for member_index, episode_return, _ in episodes:
+            first_episodes = self.child_returns[int(member_index)]
+            if len(first_episodes) < self.config.n_envs:
+                first_episodes.append(float(episode_return))
+        if all(len(first) >= self.config.n_envs for first in self.child_returns):
+            self.write_child_returns()
+
+    def write_child_returns(self) -> None:
+        """Rank 0: one row of children's first returns (NaN for a child with none), and how they compare
+        with their fitter parents'."""
+        child_returns = np.array([np.mean(first) if first else np.nan for first in self.child_returns])
+        self.writer.append(breeding__child_return=child_returns)
+        self.child_returns = None
+        fitter_returns = self.fitter_parent_returns
+        compared = np.isfinite(child_returns) & np.isfinite(fitter_returns)
+        if compared.any():
+            at_least = int(np.sum(child_returns[compared] >= fitter_returns[compared]))
+            print(f"children's first {self.config.n_envs} episodes: {at_least} of {int(compared.sum())} at or above "
+                  f"their fitter parent's return (mean {child_returns[compared].mean():.1f} against "
+                  f"{fitter_returns[compared].mean():.1f})", flush=True)
 
     # ------------------------------------------------------------- SELECT
     def select(self, round_index: int) -> np.ndarray:
@@ -364,7 +432,7 @@ class Population:
         """
         config = self.config
         with self.timer("select"):
-            kl = self.measure_kl_matrix(round_index)
+            kl = self.measure_kl_matrix()
             jobs = None
             if self.rank == 0:
                 member_returns = self.returns.member_returns()
@@ -381,6 +449,7 @@ class Population:
                                                 np.random.default_rng((config.seed, round_index, 17)))
                 fitter = np.where(ranked_returns[pairs[:, 0]] >= ranked_returns[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
                 jobs = np.column_stack([pairs, fitter])
+                self.fitter_parent_returns = member_returns[fitter]
                 self.writer.append(breeding__member_return_before=member_returns, breeding__selection_kl_matrix=kl,
                                    breeding__parent_pairs=pairs, breeding__pair_fitness=select.pair_fitness(
                                        fitness, pairs), breeding__parent_returns=member_returns[pairs])
@@ -389,29 +458,45 @@ class Population:
 
     # ---------------------------------------------------------- CROSSOVER
     def crossover(self, jobs: np.ndarray, round_index: int) -> None:
-        """Every rank breeds the children of its member slots from the parents' parameters and batches."""
+        """Every rank breeds the children of its member slots from the parents' parameters and trajectories."""
         config = self.config
         with self.timer("crossover"):
-            policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(lm.member.policy)
-                                                                   for lm in self.local]))
-            critics, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(lm.member.critic)
-                                                                  for lm in self.local]))
-            betas, _ = self._mpi(mpi.allgatherv_rows, np.array([lm.member.beta for lm in self.local]))
-            batches = self.gather_batches() if config.crossover_steps_per_child else None
+            policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.policy) for m in self.members]))
+            critics, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.critic) for m in self.members]))
+            betas, _ = self._mpi(mpi.allgatherv_rows, np.array([m.beta for m in self.members]))
+            parent_data = self.gather_selector_data(round_index) if config.crossover_steps_per_child else None
 
             diagnostics = []
             for lm, (x, y, fitter) in zip(self.local, jobs):
-                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, batches, round_index))
+                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, parent_data, round_index))
             self.env_steps += config.population * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
         if self.writer:
             self.writer.append(breeding__selector_loss=rows[:, 0], breeding__imitation_loss=rows[:, 1],
                                breeding__second_parent_share=rows[:, 2])
             self.returns.clear()
-            self.awaiting_child_returns = True
+            if self.child_returns is not None:  # the previous children finished too few episodes to fill the row
+                self.write_child_returns()
+            self.child_returns = [[] for _ in range(config.n_policies)]
+
+    def gather_selector_data(self, round_index: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Every member's selector data (states of its best trajectories of the round
+        and their returns) on every rank, by member index (one Allgatherv)."""
+        config = self.config
+        rows = []
+        for lm, last_batch in zip(self.local, self.last_batches):
+            # A member that finished no episode in the round falls back on its last batch's fragments.
+            trajectories = lm.sampler.recorder.take() or crossover.batch_trajectories(last_batch)
+            rng = np.random.default_rng((config.seed, lm.member.index, round_index))
+            states, returns = crossover.selector_data(trajectories, config.top_fraction, config.selector_states, rng)
+            rows.append(np.column_stack([np.full(len(states), lm.member.index), returns, states]))
+        all_rows, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(rows))
+        members = all_rows[:, 0].astype(int)
+        return {index: (np.ascontiguousarray(all_rows[members == index, 2:], dtype=np.float32),
+                        all_rows[members == index, 1]) for index in range(config.population)}
 
     def breed(self, lm: LocalMember, x: int, y: int, fitter: int, policies: np.ndarray, critics: np.ndarray,
-              betas: np.ndarray, batches: list[Batch] | None, round_index: int) -> tuple[float, float, float]:
+              betas: np.ndarray, parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
         """Replace `lm`'s member by the child of x and y. Returns the crossover diagnostics."""
         config = self.config
         seed = member_seed(config, lm.member.index) + 100 * (round_index + 1)
@@ -424,7 +509,7 @@ class Population:
         if config.child_init == "fitter":
             load_flat_parameters(member.policy, policies[fitter])
             load_flat_parameters(member.critic, critics[fitter])
-        member.beta = float(betas[fitter])
+        member.beta = float(betas[fitter]) if config.child_beta == "fitter" else config.initial_beta
         diagnostics = (np.nan, np.nan, np.nan)
         if not config.has("C"):
             load_flat_parameters(member.policy, policies[fitter])  # the ablation base copies the fitter parent
@@ -434,8 +519,8 @@ class Population:
             # Its own environments, seeded by slot and round: the child does not depend on the rank layout.
             sampler = Sampler(self.env, config.n_envs, seed + 7, f"crossover for member "
                               f"{lm.member.index}")
-            record = crossover.state_space_crossover(parents[0], parents[1], batches[x], batches[y], member.policy,
-                                                     sampler, self.normalizer, config, seed)
+            record = crossover.state_space_crossover(parents[0], parents[1], parent_data[x], parent_data[y],
+                                                     member.policy, sampler, self.normalizer, config, seed)
             sampler.close()
             diagnostics = (record.selector_loss, record.imitation_loss, record.second_parent_share)
         lm.member = member
@@ -453,17 +538,39 @@ class Population:
             print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
                   + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
 
+    def evaluate(self) -> np.ndarray:
+        """Every policy's returns over eval_episodes whole episodes with its mean
+        action, in policy order (on every rank). Joint's one policy is evaluated
+        by rank 0."""
+        config = self.config
+        members = self.members if not self.joint or self.rank == 0 else []
+        rows = np.array([[member.index, *episode_returns(member.policy, self.normalizer, self.env, config.eval_episodes,
+                                                          member_seed(config, member.index) + EVALUATION_SEED_OFFSET,
+                                                          deterministic=True)]
+                         for member in members]).reshape(-1, 1 + config.eval_episodes)
+        all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
+        return all_rows[np.argsort(all_rows[:, 0], kind="stable"), 1:]
+
     def finish(self) -> None:
-        policies = np.stack([flat_parameters(lm.member.policy) for lm in self.local])
-        critics = np.stack([flat_parameters(lm.member.critic) for lm in self.local])
+        policies = np.stack([flat_parameters(member.policy) for member in self.members])
+        critics = np.stack([flat_parameters(member.critic) for member in self.members])
         if self.joint:  # data parallelism keeps the copies equal; make sure it did
             self._mpi(mpi.check_synced, policies, "the joint policy's parameters")
+            policies, critics = policies[:0 if self.rank else 1], critics[:0 if self.rank else 1]
         all_policies, _ = self._mpi(mpi.allgatherv_rows, policies)
         all_critics, _ = self._mpi(mpi.allgatherv_rows, critics)
+        with self.timer("evaluation"):
+            evaluation = self.evaluate() if self.config.eval_episodes else None
         if self.writer:
-            member_returns = self.returns.member_returns()
-            best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
-            keep = slice(0, 1) if self.joint else slice(None)
-            self.writer.commit_final(all_policies[keep], all_critics[keep], best, self.normalizer.state())
+            if self.child_returns is not None:  # the last children finished too few episodes to fill the row
+                self.write_child_returns()
+            if evaluation is not None:
+                best = int(np.argmax(evaluation.mean(axis=1)))
+                print(f"evaluation ({self.config.eval_episodes} episodes, mean action): best member {best} at "
+                      f"{evaluation[best].mean():.1f}, mean over members {evaluation.mean():.1f}", flush=True)
+            else:
+                member_returns = self.returns.member_returns()
+                best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
+            self.writer.commit_final(all_policies, all_critics, best, self.normalizer.state(), evaluation)
             if self.scalars:
                 self.scalars.close()

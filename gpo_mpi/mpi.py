@@ -23,7 +23,7 @@ __all__ = [
     "allgatherv_rows",
     "scatter_rows",
     "allreduce_sum",
-    "average_gradients",
+    "sum_gradients",
     "check_synced",
     "gather_objects",
     "scatter_objects",
@@ -133,15 +133,17 @@ def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
     return total
 
 
-def average_gradients(comm: MPI.Comm, parameters) -> None:
-    """Replace each torch parameter's gradient by its mean over ranks, in one
-    Allreduce (data-parallel training: every rank then takes the same step)."""
+def sum_gradients(comm: MPI.Comm, parameters) -> None:
+    """Replace each torch parameter's gradient by its sum over ranks, in one
+    Allreduce. Data-parallel training divides each rank's loss by the rows
+    of the whole minibatch, so the sum is the whole minibatch's gradient and
+    every rank takes the same step."""
     flat = np.concatenate([p.grad.numpy().reshape(-1) for p in parameters])
-    mean = allreduce_sum(comm, flat) / comm.Get_size()
+    total = allreduce_sum(comm, flat)
     offset = 0
     for p in parameters:
         size = p.grad.numel()
-        p.grad.numpy().reshape(-1)[:] = mean[offset:offset + size]
+        p.grad.numpy().reshape(-1)[:] = total[offset:offset + size]
         offset += size
 
 

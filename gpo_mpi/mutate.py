@@ -2,9 +2,13 @@
 
 Plain functions on torch modules and numpy batches; no MPI. A member's
 update may read the batches of other members (component M): their samples
-are importance-weighted by pi_i(a|s) / pi_j_old(a|s) and their advantages
-come from the learner's own critic. Joint's data-parallel update passes a
-`reduce_gradients` callback that sums gradients over ranks.
+are importance-weighted by pi_theta(a|s) / pi_j_old(a|s) and their
+advantages come from the learner's own critic. That weight is split into
+pi_theta / pi_i_old (PPO's own ratio, near 1) and the fixed correction
+pi_i_old / pi_j_old, which `share_ratio_cap` truncates as V-trace does, so
+that one foreign sample cannot carry a whole update. Joint's data-parallel
+update gets a `DataParallel`: each rank holds a slice of the whole batch and
+the step is the whole batch's.
 
 PPO maximizes E[ratio * A] - beta * KL[pi_old || pi] (the adaptive-KL
 objective of the paper), A2C takes one gradient step on E[ratio * A],
@@ -35,19 +39,24 @@ def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
             / (2 * torch.exp(2 * log_std_q)) - 0.5).sum(-1)
 
 
-def ppo_loss(ratios: torch.Tensor, advantages: torch.Tensor, kl_old_new: torch.Tensor, beta: float) -> torch.Tensor:
+def ppo_loss(ratios: torch.Tensor, advantages: torch.Tensor, kl_old_new: torch.Tensor, beta: float,
+             n_rows: int | None = None, n_own_rows: int | None = None) -> torch.Tensor:
     """Negative adaptive-KL PPO objective: -(mean(ratio * A) - beta * mean(KL[pi_old || pi])).
 
     The KL is taken over the learner's own states only (a minibatch may
-    hold none of them when it learns from others' batches).
+    hold none of them when it learns from others' batches). The means
+    divide by `n_rows` and `n_own_rows` (default: the rows given), which
+    under data parallelism count the rows of every rank.
     """
-    penalty = kl_old_new.mean() if kl_old_new.numel() else kl_old_new.sum()
-    return -(ratios * advantages).mean() + beta * penalty
+    n_rows = len(ratios) if n_rows is None else n_rows
+    n_own_rows = len(kl_old_new) if n_own_rows is None else n_own_rows
+    penalty = kl_old_new.sum() / max(n_own_rows, 1)
+    return -(ratios * advantages).sum() / max(n_rows, 1) + beta * penalty
 
 
-def a2c_loss(ratios: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+def a2c_loss(ratios: torch.Tensor, advantages: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
     """Negative importance-weighted policy-gradient objective -mean(ratio * A)."""
-    return -(ratios * advantages).mean()
+    return -(ratios * advantages).sum() / max(len(ratios) if n_rows is None else n_rows, 1)
 
 
 def kl_matrix(means: np.ndarray, log_stds: np.ndarray) -> np.ndarray:
@@ -65,9 +74,27 @@ def kl_matrix(means: np.ndarray, log_stds: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def share_sets(kl: np.ndarray, epsilon: float) -> list[np.ndarray]:
-    """S_i = {j : KL[pi_i, pi_j] < epsilon}, always holding i itself."""
-    return [np.flatnonzero((row < epsilon) | (np.arange(len(row)) == i)) for i, row in enumerate(kl)]
+def share_sets(kl: np.ndarray, epsilon: float, max_others: int = 0) -> list[np.ndarray]:
+    """S_i = {i} and the members j with KL[pi_i, pi_j] < epsilon, in index order.
+
+    With `max_others` > 0, only the nearest `max_others` of those (smallest
+    KL, ties to the lower index) join i.
+    """
+    sets = []
+    for i, row in enumerate(kl):
+        others = np.flatnonzero((row < epsilon) & (np.arange(len(row)) != i))
+        if max_others > 0:
+            others = others[np.argsort(row[others], kind="stable")[:max_others]]
+        sets.append(np.sort(np.append(others, i)))
+    return sets
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2: the number of equally
+    weighted samples that would carry as much information."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total_squares = float((weights ** 2).sum())
+    return float(weights.sum()) ** 2 / total_squares if total_squares > 0 else 0.0
 
 
 def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
@@ -106,33 +133,75 @@ class PooledData:
     """The learner's view of the batches it learns from, as tensors."""
     obs: torch.Tensor
     actions: torch.Tensor
-    behaviour_log_probs: torch.Tensor
+    behaviour_log_probs: torch.Tensor  # log pi_i_old(a|s): the learner's policy before this update
+    weights: torch.Tensor  # fixed importance correction: 1 on own rows, min(cap, pi_i_old / pi_j_old) on j's
     advantages: torch.Tensor
     returns: torch.Tensor
     own: torch.Tensor  # bool: rows from the learner's own batch
 
+    @property
+    def effective_sample_size(self) -> float:
+        return effective_sample_size(self.weights.numpy())
 
-def pool_batches(critic: Critic, batches: Sequence[Batch], own_index: int, config: RunConfig) -> PooledData:
+
+@dataclass
+class DataParallel:
+    """Joint's data parallelism: this rank holds rows [first_row, first_row + n) of
+    a batch of `total_rows`, and sums over ranks come from the two callbacks."""
+    first_row: int
+    total_rows: int
+    sum_values: Callable[[np.ndarray], np.ndarray]  # elementwise sum of a float64 vector over ranks
+    sum_gradients: Callable[[list], None]  # each parameter's gradient becomes its sum over ranks
+
+
+def standardize(advantages: np.ndarray, parallel: DataParallel | None = None) -> np.ndarray:
+    """Zero mean and unit standard deviation over the whole batch (all ranks' rows under `parallel`)."""
+    moments = np.array([len(advantages), advantages.sum(), (advantages.astype(np.float64) ** 2).sum()])
+    if parallel is not None:
+        moments = parallel.sum_values(moments)
+    count, total, total_squares = moments
+    if count < 2:
+        return advantages
+    mean = total / count
+    std = np.sqrt(max(total_squares / count - mean ** 2, 0.0))
+    return (advantages - mean) / (std + 1e-8)
+
+
+def pool_batches(member: Member, batches: Sequence[Batch], own_index: int | None, config: RunConfig,
+                 parallel: DataParallel | None = None) -> PooledData:
     """Concatenate batches and compute advantages with the learner's critic (C++ GAE).
 
     Each batch ends with a cut (its last step is flagged truncated), so one
     GAE call over the concatenation never lets advantage flow between batches.
+    Rows of other members' batches get the truncated importance correction
+    min(share_ratio_cap, pi_i_old / pi_j_old); `own_index` None means every
+    batch is the learner's own (Joint's sampler slots).
     """
     def cat(name):
         return np.concatenate([getattr(b, name) for b in batches])
 
-    obs, next_obs = cat("obs"), cat("next_obs")
+    obs, next_obs, actions = cat("obs"), cat("next_obs"), cat("actions")
     with torch.no_grad():
-        values = critic(torch.from_numpy(obs)).numpy()
-        next_values = critic(torch.from_numpy(next_obs)).numpy()
+        values = member.critic(torch.from_numpy(obs)).numpy()
+        next_values = member.critic(torch.from_numpy(next_obs)).numpy()
     advantages = kernels.gae(cat("rewards"), values, next_values, cat("terminated"), cat("truncated"),
                              config.gamma, config.gae_lambda)
     returns = advantages + values
-    own = np.concatenate([np.full(b.n_steps, i == own_index) for i, b in enumerate(batches)])
-    if config.normalize_advantages and len(advantages) > 1:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    return PooledData(obs=torch.from_numpy(obs), actions=torch.from_numpy(cat("actions")),
-                      behaviour_log_probs=torch.from_numpy(cat("log_probs")),
+    own = np.concatenate([np.full(b.n_steps, own_index is None or i == own_index) for i, b in enumerate(batches)])
+    behaviour_log_probs = cat("log_probs")
+    weights = np.ones(len(obs), dtype=np.float32)
+    if not own.all():
+        with torch.no_grad():
+            learner_log_probs = member.policy.log_prob(torch.from_numpy(obs[~own]),
+                                                       torch.from_numpy(actions[~own])).numpy()
+        weights[~own] = np.minimum(config.share_ratio_cap, np.exp(learner_log_probs - behaviour_log_probs[~own]))
+        behaviour_log_probs = behaviour_log_probs.copy()
+        behaviour_log_probs[~own] = learner_log_probs
+    if config.normalize_advantages:
+        advantages = standardize(advantages, parallel)
+    return PooledData(obs=torch.from_numpy(obs), actions=torch.from_numpy(actions),
+                      behaviour_log_probs=torch.from_numpy(behaviour_log_probs),
+                      weights=torch.from_numpy(weights),
                       advantages=torch.from_numpy(advantages.astype(np.float32)),
                       returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own))
 
@@ -149,15 +218,15 @@ def minibatch_indices(n_rows: int, size: int, generator: torch.Generator):
 
 
 def _step(optimizers, parameter_groups, loss: torch.Tensor, max_grad_norm: float,
-          reduce_gradients: Callable | None) -> None:
+          sum_gradients: Callable | None) -> None:
     """One gradient step of every network in `parameter_groups` on `loss`
     (one backward pass), each network's gradient clipped on its own."""
     for optimizer in optimizers:
         optimizer.zero_grad()
     loss.backward()
     for parameters in parameter_groups:
-        if reduce_gradients is not None:
-            reduce_gradients(parameters)
+        if sum_gradients is not None:
+            sum_gradients(parameters)
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     for optimizer in optimizers:
@@ -170,17 +239,19 @@ class UpdateStats:
     critic_loss: float
     kl: float          # mean KL[pi_old || pi_new] on the learner's own states
     beta: float        # after adaptation
+    effective_sample_size: float  # of the rows it learned from, in samples (its own batch alone: its size)
 
 
-def update(member: Member, data: PooledData, config: RunConfig,
-           reduce_gradients: Callable | None = None, reduce_mean: Callable | None = None) -> UpdateStats:
+def update(member: Member, data: PooledData, config: RunConfig, parallel: DataParallel | None = None) -> UpdateStats:
     """One policy-gradient iteration (PPO or A2C) and the critic's fit.
 
     PPO and critic share minibatches and one backward pass per minibatch
     (half the autograd and optimizer overhead of two loops); A2C's single
-    full-batch policy step comes first, then the critic's epochs.
-    `reduce_gradients(parameters)` (Joint's data parallelism) replaces each
-    gradient by its mean over ranks; `reduce_mean(x)` averages a float.
+    full-batch policy step comes first, then the critic's epochs. Minibatches
+    are drawn from the rows of the whole batch: under `parallel` (Joint),
+    every rank draws the same row order, computes the loss of the rows it
+    holds divided by the minibatch's size, and the gradients are summed over
+    ranks, so the step is that of one process holding the whole batch.
     """
     policy, critic = member.policy, member.critic
     networks = [(member.policy_optimizer, list(policy.parameters())),
@@ -188,53 +259,72 @@ def update(member: Member, data: PooledData, config: RunConfig,
     with torch.no_grad():
         old_mean, old_log_std = policy(data.obs)
 
+    n_local = len(data.obs)
+    first_row, total_rows = (parallel.first_row, parallel.total_rows) if parallel else (0, n_local)
+    sum_gradients = parallel.sum_gradients if parallel else None
     only_own_data = bool(data.own.all())
+    if parallel is not None and not only_own_data:
+        raise ValueError("data parallelism (Joint) never pools other members' batches")
+    critic_own_only = config.critic_data == "own" and not only_own_data
 
-    def policy_loss(rows) -> torch.Tensor:
+    def local_rows(global_rows: torch.Tensor) -> torch.Tensor:
+        if parallel is None:
+            return global_rows
+        inside = (global_rows >= first_row) & (global_rows < first_row + n_local)
+        return global_rows[inside] - first_row
+
+    def policy_loss(rows, n_rows: int) -> torch.Tensor:
         mean, log_std = policy(data.obs[rows])
         log_probs = gaussian_log_prob(mean, log_std, data.actions[rows])
         ratios = importance_ratios(log_probs, data.behaviour_log_probs[rows])
+        if not only_own_data:
+            ratios = ratios * data.weights[rows]
         if config.mutation == "a2c":
-            return a2c_loss(ratios, data.advantages[rows])
-        old_mean_rows = old_mean[rows]
+            return a2c_loss(ratios, data.advantages[rows], n_rows)
+        old_mean_rows, n_own_rows = old_mean[rows], n_rows
         if not only_own_data:  # the KL penalty looks at the learner's own states only
             own = data.own[rows]
-            old_mean_rows, mean = old_mean_rows[own], mean[own]
+            old_mean_rows, mean, n_own_rows = old_mean_rows[own], mean[own], int(own.sum())
         kl = gaussian_kl(old_mean_rows, old_log_std, mean, log_std)
-        return ppo_loss(ratios, data.advantages[rows], kl, member.beta)
+        return ppo_loss(ratios, data.advantages[rows], kl, member.beta, n_rows, n_own_rows)
 
-    def critic_loss(rows) -> torch.Tensor:
-        return ((critic(data.obs[rows]) - data.returns[rows]) ** 2).mean()
+    def critic_loss(rows, n_rows: int) -> torch.Tensor:
+        if critic_own_only:
+            rows = rows[data.own[rows]]
+            n_rows = len(rows)
+        return ((critic(data.obs[rows]) - data.returns[rows]) ** 2).sum() / max(n_rows, 1)
 
     last_policy_loss = last_critic_loss = torch.zeros(())
     policy_epochs = config.policy_epochs
     if config.mutation == "a2c":
-        all_rows = torch.arange(len(data.obs))
-        last_policy_loss = policy_loss(all_rows)
-        _step([member.policy_optimizer], [networks[0][1]], last_policy_loss, config.max_grad_norm, reduce_gradients)
+        last_policy_loss = policy_loss(local_rows(torch.arange(total_rows)), total_rows)
+        _step([member.policy_optimizer], [networks[0][1]], last_policy_loss, config.max_grad_norm, sum_gradients)
         policy_epochs = 0
     for epoch in range(max(policy_epochs, config.critic_epochs)):
         trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
         chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
-        for rows in minibatch_indices(len(data.obs), config.minibatch, member.generator):
+        for global_rows in minibatch_indices(total_rows, config.minibatch, member.generator):
+            rows = local_rows(global_rows)
             loss = torch.zeros(())
             if trains_policy:
-                last_policy_loss = policy_loss(rows)
+                last_policy_loss = policy_loss(rows, len(global_rows))
                 loss = loss + last_policy_loss
             if trains_critic:
-                last_critic_loss = critic_loss(rows)
+                last_critic_loss = critic_loss(rows, len(global_rows))
                 loss = loss + last_critic_loss
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
                                      f"non-finite ({float(loss.detach())})")
-            _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, reduce_gradients)
+            _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, sum_gradients)
 
     with torch.no_grad():
         new_mean, new_log_std = policy(data.obs[data.own])
-        kl = float(gaussian_kl(old_mean[data.own], old_log_std, new_mean, new_log_std).mean())
-    if reduce_mean is not None:
-        kl = reduce_mean(kl)
+        kl_sum = float(gaussian_kl(old_mean[data.own], old_log_std, new_mean, new_log_std).sum())
+    kl_sum_and_rows = np.array([kl_sum, float(data.own.sum())])
+    if parallel is not None:
+        kl_sum_and_rows = parallel.sum_values(kl_sum_and_rows)
+    kl = float(kl_sum_and_rows[0] / max(kl_sum_and_rows[1], 1.0))
     if config.mutation == "ppo":
         member.beta = adapt_beta(member.beta, kl, config.kl_target)
     return UpdateStats(policy_loss=float(last_policy_loss.detach()), critic_loss=float(last_critic_loss.detach()),
-                       kl=kl, beta=member.beta)
+                       kl=kl, beta=member.beta, effective_sample_size=data.effective_sample_size)

@@ -198,10 +198,51 @@ class EpisodeLog:
         return returns, lengths
 
 
+class EpisodeRecorder:
+    """The states of a sampler's finished episodes, split at real episode ends
+    (not at batch cuts), with each episode's return: crossover's selector
+    learns from them. Keeps every `stride`-th state of an episode, so that a
+    round's worth stays small enough to checkpoint and to send.
+    """
+
+    def __init__(self, n_envs: int, stride: int):
+        self.stride = stride
+        self.finished: list[tuple[np.ndarray, float]] = []
+        self.restart(n_envs)
+
+    def restart(self, n_envs: int) -> None:
+        """Forget the unfinished episodes (their environments start anew)."""
+        self.pending: list[list[np.ndarray]] = [[] for _ in range(n_envs)]
+        self.pending_length = np.zeros(n_envs, dtype=np.int64)
+        self.pending_return = np.zeros(n_envs)
+
+    def add(self, obs: np.ndarray, rewards: np.ndarray, ended: np.ndarray) -> None:
+        """Fold in steps laid out (time, column, ...): normalized observations, rewards and real episode ends."""
+        for column in range(obs.shape[1]):
+            start = 0
+            for end in list(np.flatnonzero(ended[:, column]) + 1) + [len(obs)]:
+                if end <= start:
+                    continue
+                offset = int((-self.pending_length[column]) % self.stride)  # keep states at multiples of stride
+                self.pending[column].append(obs[start + offset:end:self.stride, column])
+                self.pending_length[column] += end - start
+                self.pending_return[column] += float(rewards[start:end, column].sum(dtype=np.float64))
+                if ended[end - 1, column]:
+                    self.finished.append((np.concatenate(self.pending[column]), self.pending_return[column]))
+                    self.pending[column] = []
+                    self.pending_length[column], self.pending_return[column] = 0, 0.0
+                start = end
+
+    def take(self) -> list[tuple[np.ndarray, float]]:
+        """The finished episodes since the last call, as (states, return)."""
+        finished, self.finished = self.finished, []
+        return finished
+
+
 class Sampler:
     """Steps one member's environments with its policy."""
 
-    def __init__(self, env: EnvSpec, n_envs: int, seed: int, member_name: str):
+    def __init__(self, env: EnvSpec, n_envs: int, seed: int, member_name: str, recorder: EpisodeRecorder | None = None):
         self.envs = gym.vector.SyncVectorEnv([env.make for _ in range(n_envs)],
                                              autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.env_name = env.name
@@ -212,6 +253,7 @@ class Sampler:
         self.running_return = np.zeros(n_envs)
         self.running_length = np.zeros(n_envs, dtype=np.int64)
         self.episodes = EpisodeLog([], [])
+        self.recorder = recorder
 
     def _check_finite(self, what: str, values: np.ndarray) -> None:
         if not np.all(np.isfinite(values)):
@@ -231,6 +273,8 @@ class Sampler:
         self.action_rng = np.random.default_rng(seed)
         self.running_return[:] = 0.0
         self.running_length[:] = 0
+        if self.recorder is not None:
+            self.recorder.restart(self.n_envs)
 
     def run(self, choose_actions, normalizer: ObsNormalizer, n_steps: int, act_dim: int) -> tuple[Batch, np.ndarray]:
         """`n_steps` steps (a multiple of n_envs), actions from `choose_actions(obs, rng)`
@@ -249,6 +293,7 @@ class Sampler:
         rewards = np.empty((length, columns), dtype=np.float32)
         terminated = np.empty((length, columns), dtype=bool)
         truncated = np.empty((length, columns), dtype=bool)
+        ended_steps = np.empty((length, columns), dtype=bool)
 
         for t in range(length):
             obs[t] = normalizer(self.raw_obs)
@@ -259,7 +304,7 @@ class Sampler:
             raw_next_obs[t] = next_obs
             self.running_return += reward
             self.running_length += 1
-            ended = is_terminal | is_truncated
+            ended = ended_steps[t] = is_terminal | is_truncated
             if ended.any():  # same-step autoreset: next_obs already holds the reset observation
                 raw_next_obs[t, ended] = np.stack(info["final_obs"][ended])
                 self.episodes.returns.extend(self.running_return[ended].tolist())
@@ -271,6 +316,8 @@ class Sampler:
 
         self._check_finite("observations", raw_next_obs)
         self._check_finite("rewards", rewards)
+        if self.recorder is not None:
+            self.recorder.add(obs, rewards, ended_steps)
 
         def column_major(array):  # (length, columns, ...) -> (columns * length, ...)
             return np.ascontiguousarray(array.swapaxes(0, 1).reshape((columns * length,) + array.shape[2:]))

@@ -11,8 +11,11 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /iterations/member_episodes  (I, m)    int64    training episodes each member finished in the iteration
     /iterations/beta             (I, m)    float64  PPO KL-penalty weight after the iteration
     /iterations/policy_kl        (I, m)    float64  KL[pi_old || pi_new] of the iteration's update
+    /iterations/share_set_size   (I, m)    float64  |S_i|: members whose batches member i learned from (itself included)
+    /iterations/effective_sample_size (I, m) float64 Kish's effective sample size of those rows under their
+                                                    importance weights (own batch alone: batch_steps)
     /rounds/kl_matrix            (R, m, m) float64  KL[pi_i || pi_j] on shared states at the round's start (gpo)
-    /rounds/share_set_sizes      (R, m)    int64    |S_i| of data sharing in the round (gpo)
+    /rounds/share_set_sizes      (R, m)    int64    |S_i| at the round's first iteration (gpo; later ones: iterations/)
     /rounds/time_mutate, time_select, time_crossover, time_communication
                                  (R,)      float64  rank 0's wall time per phase in the round (seconds;
                                                     communication is time inside collectives, not in the others)
@@ -22,12 +25,15 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
         parent_pairs         (B, m, 2)  the parents of child i (child i takes member slot i)
         pair_fitness         (B, m)     fitness of each chosen pair
         parent_returns       (B, m, 2)  the two parents' returns
-        child_return         (B, m)     mean return of each child's episodes in its first batch, before
-                                        any update (NaN if none finished)
+        child_return         (B, m)     mean return of each child's first n_envs training episodes (its
+                                        environments restart at its birth; NaN if none finished in its round)
         selector_loss, imitation_loss, second_parent_share (B, m): state-space crossover diagnostics
     /final/policy_parameters     (m, P)    float32  each member's flat policy parameters at the end
     /final/critic_parameters     (m, C)    float32  each member's flat critic parameters at the end
-    /final/best_policy_parameters (P,)     float32  the best member's policy (attr final.best_member)
+    /final/best_policy_parameters (P,)     float32  the best member's policy (attr final.best_member: the best
+                                                    by evaluation, or by training returns with eval_episodes 0)
+    /final/eval_returns          (m, E)    float64  each policy's returns over eval_episodes whole episodes with
+                                                    its mean action (absent with eval_episodes 0)
     /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
 
 The file changes only by atomic replacement (copy, write, rename) at every
@@ -71,7 +77,8 @@ class RunFileWriter:
             "iterations/env_steps": ((), np.int64), "iterations/wall_time": ((), np.float64),
             "iterations/round": ((), np.int64), "iterations/member_return": ((m,), np.float64),
             "iterations/member_episodes": ((m,), np.int64), "iterations/beta": ((m,), np.float64),
-            "iterations/policy_kl": ((m,), np.float64), "rounds/kl_matrix": ((m, m), np.float64),
+            "iterations/policy_kl": ((m,), np.float64), "iterations/share_set_size": ((m,), np.float64),
+            "iterations/effective_sample_size": ((m,), np.float64), "rounds/kl_matrix": ((m, m), np.float64),
             "rounds/share_set_sizes": ((m,), np.int64),
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
@@ -134,9 +141,11 @@ class RunFileWriter:
         self.pending.clear()
 
     def commit_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
-                     normalizer_state: np.ndarray) -> None:
+                     normalizer_state: np.ndarray, eval_returns: np.ndarray | None = None) -> None:
         def write_final(run_file):
             final = run_file.create_group("final")
+            if eval_returns is not None:
+                final.create_dataset("eval_returns", data=eval_returns)
             final.create_dataset("obs_normalizer", data=normalizer_state)
             final.create_dataset("policy_parameters", data=policy_parameters)
             final.create_dataset("critic_parameters", data=critic_parameters)

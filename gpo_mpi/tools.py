@@ -19,7 +19,7 @@ from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import GaussianPolicy, load_flat_parameters
-from .rollout import EnvSpec, ObsNormalizer, Sampler
+from .rollout import EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import FORMAT
 
 
@@ -107,19 +107,23 @@ def load_policy(path: str, member: int | None) -> tuple[RunConfig, GaussianPolic
 
 def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[GaussianPolicy, GaussianPolicy]:
     """The state-space and the parameter-space child of two members, bred as in
-    the run's crossover (state-space: from a batch of each parent, starting as a
-    copy of the first)."""
+    the run's crossover (state-space: from a batch of each parent's whole
+    episodes, starting as a copy of the first)."""
     config, env = run.config, EnvSpec.of(run.config)
-    batches = []
+    parent_data = []
     for offset, parent in enumerate((first, second)):
-        sampler = Sampler(env, config.n_envs, seed + offset, f"member {parent}")
-        batches.append(sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0])
+        recorder = EpisodeRecorder(config.n_envs, stride=1)
+        sampler = Sampler(env, config.n_envs, seed + offset, f"member {parent}", recorder)
+        batch = sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0]
         sampler.close()
+        trajectories = recorder.take() or crossover.batch_trajectories(batch)
+        parent_data.append(crossover.selector_data(trajectories, config.top_fraction, config.selector_states,
+                                                   np.random.default_rng(seed + offset)))
     obs_dim, act_dim = run.normalizer.mean.shape[0], run.policies[first].log_std.shape[0]
     state_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
     crossover.copy_module(run.policies[first], state_child)
     sampler = Sampler(env, config.n_envs, seed + 7, f"crossover of {first} and {second}")
-    crossover.state_space_crossover(run.policies[first], run.policies[second], *batches, state_child, sampler,
+    crossover.state_space_crossover(run.policies[first], run.policies[second], *parent_data, state_child, sampler,
                                     run.normalizer, config, seed)
     sampler.close()
     parameter_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)

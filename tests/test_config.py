@@ -87,7 +87,7 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     (["--population", "1"], 1, "gpo needs a population of at least 2"),
     (["--components", "CX"], 1, "components must be letters out of C, S, M"),
     (["--top-fraction", "0"], 1, "top_fraction must lie in (0, 1]"),
-    (["--algo", "joint", "--population", "1", "--batch-steps", "100"], 3, "must split evenly over 3 ranks"),
+    (["--algo", "joint", "--population", "4"], 3, "population (4) must be a whole multiple of the number of ranks (3)"),
     (["--config", "/nonexistent.toml"], 1, "does not exist"),
 ])
 def test_bad_values_are_rejected(argv, n_ranks, message):
@@ -99,7 +99,7 @@ def test_bad_values_are_rejected(argv, n_ranks, message):
 def test_population_may_be_a_multiple_of_the_ranks():
     run = parse(["--population", "8"], n_ranks=4)
     assert run.local_members(4) == 2
-    assert parse(["--algo", "joint", "--population", "3"], n_ranks=2).local_members(2) == 1
+    assert parse(["--algo", "joint", "--population", "6"], n_ranks=2).local_members(2) == 3
 
 
 def test_iterations_fit_the_budget():

@@ -7,7 +7,7 @@ from gpo_mpi import crossover
 from gpo_mpi.config import RunConfig
 from gpo_mpi.mutate import gaussian_kl
 from gpo_mpi.networks import GaussianPolicy, Selector
-from gpo_mpi.rollout import Batch, EnvSpec, ObsNormalizer, Sampler
+from gpo_mpi.rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 
 
 def synthetic_batch(center: float, n_steps=200, episode=20, seed=0, reward_scale=1.0) -> Batch:
@@ -25,9 +25,54 @@ def test_trajectories_and_the_best_of_them():
     batch = synthetic_batch(0.0, n_steps=10, episode=4)
     batch = batch._replace(rewards=np.array([1, 1, 1, 1, 5, 5, 5, 5, 2, 2], np.float32))
     assert crossover.trajectory_bounds(batch) == [(0, 4), (4, 8), (8, 10)]  # the last one cut off
-    states, returns = crossover.best_trajectory_states(batch, fraction=0.6)  # 2 of 3 trajectories
+    trajectories = crossover.batch_trajectories(batch)
+    assert [episode_return for _, episode_return in trajectories] == [4.0, 20.0, 4.0]
+    rng = np.random.default_rng(0)
+    states, returns = crossover.selector_data(trajectories, fraction=0.6, max_states=0, rng=rng)  # 2 of 3
     np.testing.assert_array_equal(states, np.concatenate([batch.obs[4:8], batch.obs[0:4]]))
     np.testing.assert_array_equal(returns, [20] * 4 + [4] * 4)
+    # at most 3 states: drawn from those 8, in their order, each with its trajectory's return
+    few_states, few_returns = crossover.selector_data(trajectories, fraction=0.6, max_states=3, rng=rng)
+    assert len(few_states) == 3
+    positions = [int(np.flatnonzero((states == row).all(axis=1))[0]) for row in few_states]
+    assert positions == sorted(positions)
+    np.testing.assert_array_equal(few_returns, returns[positions])
+
+
+def test_recorder_splits_at_real_episode_ends_across_batches():
+    """Episodes that run over batch cuts come out whole, thinned to every stride-th state."""
+    recorder = EpisodeRecorder(n_envs=2, stride=2)
+    steps = np.arange(2 * 6 * 2, dtype=np.float32).reshape(2, 6, 2, 1)  # two batches of 6 steps x 2 columns
+    rewards = np.ones((6, 2), np.float32)
+    ended = np.zeros((2, 6, 2), bool)
+    ended[0, 3, 0] = True  # column 0: an episode of 4 steps inside the first batch ...
+    ended[1, 4, 0] = True  # ... then one of 2 + 5 = 7 steps over the cut
+    ended[1, 1, 1] = True  # column 1: 6 + 2 = 8 steps over the cut
+    recorder.add(steps[0], rewards, ended[0])
+    recorder.add(steps[1], 2 * rewards, ended[1])
+    finished = recorder.take()
+    assert [episode_return for _, episode_return in finished] == [4.0, 2 + 5 * 2, 6 + 2 * 2]
+    column_0_first = steps[0, 0:4, 0, 0]
+    column_0_second = np.concatenate([steps[0, 4:6, 0, 0], steps[1, 0:5, 0, 0]])
+    column_1 = np.concatenate([steps[0, :, 1, 0], steps[1, 0:2, 1, 0]])
+    for (states, _), whole in zip(finished, [column_0_first, column_0_second, column_1]):
+        np.testing.assert_array_equal(states[:, 0], whole[::2])  # positions 0, 2, 4, ... of the episode
+    assert recorder.take() == []
+    recorder.add(steps[0], rewards, np.zeros((6, 2), bool))
+    recorder.restart(2)  # unfinished episodes are dropped when the environments restart
+    recorder.add(steps[1], rewards, ended[1])
+    np.testing.assert_array_equal([len(states) for states, _ in recorder.take()], [3, 1])  # 5 and 2 steps, halved
+
+
+def test_the_recorder_sees_what_the_sampler_samples():
+    recorder = EpisodeRecorder(n_envs=2, stride=1)
+    sampler = Sampler(EnvSpec("Pendulum-v1", horizon=10), 2, 0, "recorder test", recorder)
+    batch, _ = sampler.sample(GaussianPolicy(3, 1), ObsNormalizer(3, 10.0), 30)  # 15 steps per column
+    finished = recorder.take()
+    returns, _ = sampler.episodes.take()
+    assert len(finished) == 2 and all(len(states) == 10 for states, _ in finished)
+    np.testing.assert_allclose(sorted(r for _, r in finished), sorted(returns), rtol=1e-5)
+    np.testing.assert_array_equal(finished[0][0], batch.obs[:10])  # column 0's first episode
 
 
 def test_return_weights():
@@ -77,6 +122,27 @@ def test_expert_acts_with_the_parent_the_selector_picks():
     np.testing.assert_array_equal(expert.choose_parents(obs, np.random.default_rng(1)), 1)
 
 
+def test_argmax_expert_labels_by_the_more_likely_parent():
+    """pi_S(second | s) = sigmoid(s_0 * 4): argmax takes the second parent exactly where s_0 > 0;
+    a draw from pi_S gives the second parent that often on average."""
+    torch.manual_seed(0)
+    parents = (GaussianPolicy(3, 2), GaussianPolicy(3, 2))
+    selector = Selector(3, hidden=())
+    with torch.no_grad():
+        selector.logit_net[0].weight.copy_(torch.tensor([[-2.0, 0.0, 0.0], [2.0, 0.0, 0.0]]))
+        selector.logit_net[0].bias.zero_()
+    obs = np.random.default_rng(2).normal(size=(4000, 3)).astype(np.float32)
+    argmax_choice = crossover.Expert(selector, parents, "argmax").choose_parents(obs, np.random.default_rng(3))
+    np.testing.assert_array_equal(argmax_choice, (obs[:, 0] > 0).astype(int))
+    drawn = crossover.Expert(selector, parents, "sample").choose_parents(obs, np.random.default_rng(3))
+    probabilities = 1 / (1 + np.exp(-4 * obs[:, 0]))
+    assert abs(drawn.mean() - probabilities.mean()) < 0.03 and not np.array_equal(drawn, argmax_choice)
+    means, _ = crossover.Expert(selector, parents, "argmax").labels(obs, np.random.default_rng(3))
+    with torch.no_grad():
+        both = [parent(torch.from_numpy(obs))[0].numpy() for parent in parents]
+    np.testing.assert_allclose(means, np.where((obs[:, 0] > 0)[:, None], both[1], both[0]), rtol=1e-6)
+
+
 def test_dagger_drives_the_child_to_a_fixed_expert():
     """Both parents the same fixed policy: the child's KL to it on the expert's states falls."""
     config = RunConfig(env="Pendulum-v1", expert_steps=400, dagger_iterations=3, dagger_steps=100, dagger_epochs=20,
@@ -97,7 +163,8 @@ def test_dagger_drives_the_child_to_a_fixed_expert():
             return gaussian_kl(child_mean, child_log_std, expert_mean, expert_log_std).mean().item()
 
     before = kl_to_expert(batch.obs)
-    record = crossover.state_space_crossover(expert_policy, expert_policy, batch, batch, child, sampler, normalizer,
+    data = crossover.selector_data(crossover.batch_trajectories(batch), 0.6, 0, np.random.default_rng(0))
+    record = crossover.state_space_crossover(expert_policy, expert_policy, data, data, child, sampler, normalizer,
                                              config, seed=0)
     after = kl_to_expert(batch.obs)
     assert after < 0.2 * before

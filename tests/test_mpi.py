@@ -74,6 +74,8 @@ def test_data_sharing_pools_batches_and_matches_one_process(mpirun, tmp_path, n_
         for key in ("obs", "own", "members_read"):
             np.testing.assert_array_equal(every[i][key], one_process[i][key])
         np.testing.assert_allclose(every[i]["advantages"], one_process[i]["advantages"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(every[i]["weights"], one_process[i]["weights"], rtol=1e-6)
+        np.testing.assert_array_equal(alone[i]["weights"], 1.0)
         np.testing.assert_allclose(every[i]["kl"], one_process[i]["kl"], rtol=1e-12)
     kl = every[0]["kl"]
     np.testing.assert_array_equal(np.diag(kl), 0.0)

@@ -7,9 +7,9 @@ import torch
 
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
-from gpo_mpi.mutate import (Member, a2c_loss, adapt_beta, gaussian_kl, importance_ratios, kl_matrix,
-                            pool_batches, ppo_loss, share_sets, update)
-from gpo_mpi.networks import Critic, GaussianPolicy
+from gpo_mpi.mutate import (Member, a2c_loss, adapt_beta, effective_sample_size, gaussian_kl, importance_ratios,
+                            kl_matrix, pool_batches, ppo_loss, share_sets, standardize, update)
+from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
 CONFIG = RunConfig(population=1, total_steps=10_000, batch_steps=64)
@@ -96,12 +96,39 @@ def test_share_sets():
     assert [list(s) for s in share_sets(kl, 0.0)] == [[0], [1], [2]]
 
 
+def test_share_sets_keep_the_nearest_members():
+    kl = np.array([[0.0, 0.4, 0.1, 0.3],
+                   [0.2, 0.0, 0.2, 0.9],
+                   [0.5, 0.6, 0.0, 0.7],
+                   [0.1, 0.1, 0.1, 0.0]])
+    # one other member: the nearest by KL; ties go to the lower index
+    assert [list(s) for s in share_sets(kl, np.inf, max_others=1)] == [[0, 2], [0, 1], [0, 2], [0, 3]]
+    assert [list(s) for s in share_sets(kl, np.inf, max_others=2)] == [[0, 2, 3], [0, 1, 2], [0, 1, 2], [0, 1, 3]]
+    # epsilon first, then the limit: member 2 has no one below 0.45
+    assert [list(s) for s in share_sets(kl, 0.45, max_others=2)] == [[0, 2, 3], [0, 1, 2], [2], [0, 1, 3]]
+
+
+def test_effective_sample_size_hand_computed():
+    assert effective_sample_size(np.ones(10)) == pytest.approx(10.0)
+    assert effective_sample_size(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.0)
+    # (1 + 1 + 2)^2 / (1 + 1 + 4) = 16 / 6
+    assert effective_sample_size(np.array([1.0, 1.0, 2.0])) == pytest.approx(16 / 6)
+    assert effective_sample_size(np.zeros(3)) == 0.0
+
+
+def test_standardize_over_the_whole_batch():
+    advantages = np.array([1.0, 2.0, 3.0, 6.0])
+    expected = (advantages - 3.0) / np.sqrt(3.5)  # mean 3, population variance (4 + 1 + 0 + 9) / 4
+    np.testing.assert_allclose(standardize(advantages), expected, rtol=1e-6)
+
+
 def test_pooled_advantages_come_from_the_learners_critic_batch_by_batch():
     torch.manual_seed(2)
     config = dataclasses.replace(CONFIG, normalize_advantages=False)
     batches = [sampled_batch(GaussianPolicy(3, 1), seed=s) for s in (0, 1)]
-    critic = Critic(3)
-    pooled = pool_batches(critic, batches, own_index=1, config=config)
+    member = Member.create(1, 3, 1, config, seed=2)
+    critic = member.critic
+    pooled = pool_batches(member, batches, own_index=1, config=config)
     expected = []
     for batch in batches:
         with torch.no_grad():
@@ -113,7 +140,51 @@ def test_pooled_advantages_come_from_the_learners_critic_batch_by_batch():
     np.testing.assert_allclose(pooled.advantages.numpy(), np.concatenate(expected), rtol=1e-6)
     np.testing.assert_allclose(pooled.returns.numpy()[64:], expected_returns, rtol=1e-6)
     np.testing.assert_array_equal(pooled.own.numpy(), np.arange(128) >= 64)
-    np.testing.assert_array_equal(pooled.behaviour_log_probs.numpy()[:64], batches[0].log_probs)
+    np.testing.assert_array_equal(pooled.behaviour_log_probs.numpy()[64:], batches[1].log_probs)
+
+
+@pytest.mark.parametrize("cap", [1.0, 0.5, np.inf])
+def test_foreign_samples_get_the_truncated_ratio_of_the_learner_to_their_behaviour_policy(cap):
+    torch.manual_seed(6)
+    config = dataclasses.replace(CONFIG, share_ratio_cap=cap)
+    learner = Member.create(0, 3, 1, config, seed=6)
+    with torch.no_grad():
+        learner.policy.log_std.fill_(-0.3)
+    foreign_policy = GaussianPolicy(3, 1, init_log_std=0.2)
+    own_batch, foreign_batch = sampled_batch(learner.policy, seed=0), sampled_batch(foreign_policy, seed=1)
+    pooled = pool_batches(learner, [foreign_batch, own_batch], own_index=1, config=config)
+    with torch.no_grad():
+        learner_log_probs = learner.policy.log_prob(torch.from_numpy(foreign_batch.obs),
+                                                    torch.from_numpy(foreign_batch.actions)).numpy()
+    untruncated = np.exp(learner_log_probs.astype(np.float64) - foreign_batch.log_probs)
+    assert untruncated.min() < 0.5 < 1.0 < untruncated.max()  # the cases below are all exercised
+    expected = np.minimum(cap, untruncated)
+    np.testing.assert_allclose(pooled.weights.numpy()[:64], expected, rtol=1e-5)
+    np.testing.assert_array_equal(pooled.weights.numpy()[64:], 1.0)
+    # PPO's own ratio on foreign rows is taken against the learner's policy before the update
+    np.testing.assert_allclose(pooled.behaviour_log_probs.numpy()[:64], learner_log_probs, rtol=1e-6)
+    all_weights = np.concatenate([expected, np.ones(64)])
+    assert pooled.effective_sample_size == pytest.approx(all_weights.sum() ** 2 / (all_weights ** 2).sum(),
+                                                         rel=1e-5)
+
+
+@pytest.mark.parametrize("critic_data", ["own", "shared"])
+def test_the_critic_fits_its_own_batch_or_the_pooled_data(critic_data):
+    """With critic_data "own", other members' rows cannot move the critic: changing their
+    returns leaves the fitted critic as it was."""
+    config = dataclasses.replace(CONFIG, critic_data=critic_data, policy_epochs=1, critic_epochs=3)
+    batches = [sampled_batch(GaussianPolicy(3, 1), seed=s) for s in (0, 1)]
+    fitted = []
+    for shift in (0.0, 100.0):
+        member = Member.create(0, 3, 1, config, seed=7)
+        pooled = pool_batches(member, batches, own_index=0, config=config)
+        pooled.returns[64:] += shift
+        update(member, pooled, config)
+        fitted.append(torch.cat([p.detach().flatten() for p in member.critic.parameters()]))
+    if critic_data == "own":
+        torch.testing.assert_close(fitted[0], fitted[1], rtol=0, atol=0)
+    else:
+        assert not torch.allclose(fitted[0], fitted[1])
 
 
 @pytest.mark.parametrize("mutation", ["ppo", "a2c"])
@@ -121,7 +192,7 @@ def test_update_improves_the_surrogate_and_adapts_beta(mutation):
     config = dataclasses.replace(CONFIG, mutation=mutation, policy_lr=1e-3, minibatch=0)
     member = Member.create(0, 3, 1, config, seed=4)
     batch = sampled_batch(member.policy, steps=256)
-    data = pool_batches(member.critic, [batch], 0, config)
+    data = pool_batches(member, [batch], 0, config)
 
     def surrogate():
         with torch.no_grad():
@@ -144,7 +215,7 @@ def test_a_non_finite_loss_stops_the_update_naming_member_and_environment():
     from gpo_mpi.rollout import NonFiniteError
     config = dataclasses.replace(CONFIG, env="Pendulum-v1")
     member = Member.create(3, 3, 1, config, seed=5)
-    data = pool_batches(member.critic, [sampled_batch(member.policy)], 0, config)
+    data = pool_batches(member, [sampled_batch(member.policy)], 0, config)
     data.advantages[5] = float("nan")
     before = [p.detach().clone() for p in member.policy.parameters()]
     with pytest.raises(NonFiniteError, match="member 3 on Pendulum-v1: the policy-gradient loss became non-finite"):

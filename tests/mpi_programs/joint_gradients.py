@@ -3,7 +3,8 @@
     mpiexec -n N python joint_gradients.py OUT_DIR
 
 Every rank builds the same policy and the same 48-row dataset, computes the
-loss gradient on its own slice, and averages gradients over ranks.
+gradient of its own slice's share of the loss (its rows' sum over all 48
+rows), and sums gradients over ranks.
 """
 import sys
 
@@ -25,10 +26,10 @@ actions = torch.from_numpy(rng.normal(size=(48, 2)).astype(np.float32))
 weights = torch.from_numpy(rng.normal(size=48).astype(np.float32))
 
 rows = slice(rank * 48 // n_ranks, (rank + 1) * 48 // n_ranks)
-loss = -(policy.log_prob(obs[rows], actions[rows]) * weights[rows]).mean()
+loss = -(policy.log_prob(obs[rows], actions[rows]) * weights[rows]).sum() / 48
 loss.backward()
 parameters = list(policy.parameters())
-mpi.average_gradients(comm, parameters)
+mpi.sum_gradients(comm, parameters)
 gradient = np.concatenate([p.grad.numpy().reshape(-1) for p in parameters])
 mpi.check_synced(comm, flat_parameters(policy), "policy parameters")
 np.save(f"{out_dir}/rank{rank}.npy", gradient)

@@ -21,12 +21,13 @@ population = Population(config, comm)
 population.last_batches = [lm.sampler.sample(lm.member.policy, population.normalizer, config.batch_steps)[0]
                            for lm in population.local]
 
-kl = population.measure_kl_matrix(round_index=0)
+kl = population.measure_kl_matrix()
 sets = share_sets(kl, config.share_epsilon)
 all_batches = population.gather_batches()
 for lm, own_batch in zip(population.local, population.last_batches):
     members_read = list(sets[lm.member.index])
-    pooled = pool_batches(lm.member.critic, [all_batches[j] for j in members_read],
-                          members_read.index(lm.member.index), config)
+    pooled = pool_batches(lm.member, [all_batches[j] for j in members_read], members_read.index(lm.member.index),
+                          config)
     np.savez(f"{out_dir}/member{lm.member.index}.npz", obs=pooled.obs.numpy(), advantages=pooled.advantages.numpy(),
+             weights=pooled.weights.numpy(),
              own=pooled.own.numpy(), own_obs=own_batch.obs, kl=kl, members_read=members_read)
