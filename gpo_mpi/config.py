@@ -201,6 +201,8 @@ class RunConfig:
     """The child's initial policy and critic: copies of the fitter parent's, or fresh random networks."""
     child_beta: Literal["initial", "fitter"] = "initial"
     """The child's KL-penalty weight: initial_beta, or the fitter parent's (which may have grown far from it)."""
+    child_optimizer: Literal["fresh", "fitter"] = "fresh"
+    """The child's Adam state for mutation: fresh, or a copy of the fitter parent's moments and step count."""
     expert_choice: Literal["argmax", "sample"] = "argmax"
     """How the expert pi_H picks a parent at a state: the more likely under pi_S, or a draw from pi_S (the paper's)."""
     top_fraction: float = 0.6

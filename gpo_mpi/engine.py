@@ -32,7 +32,8 @@ import torch
 from . import checkpoint, crossover, mpi, select
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
-from .mutate import DataParallel, Member, kl_matrix, pool_batches, share_sets, update
+from .mutate import (DataParallel, Member, adam_state, kl_matrix, load_adam_state, pool_batches, share_sets,
+                     update)
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import RunFileWriter
@@ -464,11 +465,17 @@ class Population:
             policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.policy) for m in self.members]))
             critics, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.critic) for m in self.members]))
             betas, _ = self._mpi(mpi.allgatherv_rows, np.array([m.beta for m in self.members]))
+            optimizers = None
+            if config.child_optimizer == "fitter":
+                optimizers = [self._mpi(mpi.allgatherv_rows, np.stack([adam_state(getattr(m, name))
+                                                                       for m in self.members]))[0]
+                              for name in ("policy_optimizer", "critic_optimizer")]
             parent_data = self.gather_selector_data(round_index) if config.crossover_steps_per_child else None
 
             diagnostics = []
             for lm, (x, y, fitter) in zip(self.local, jobs):
-                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, parent_data, round_index))
+                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, optimizers, parent_data,
+                                              round_index))
             self.env_steps += config.population * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
         if self.writer:
@@ -496,7 +503,8 @@ class Population:
                         all_rows[members == index, 1]) for index in range(config.population)}
 
     def breed(self, lm: LocalMember, x: int, y: int, fitter: int, policies: np.ndarray, critics: np.ndarray,
-              betas: np.ndarray, parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
+              betas: np.ndarray, optimizers: list | None, parent_data: dict | None,
+              round_index: int) -> tuple[float, float, float]:
         """Replace `lm`'s member by the child of x and y. Returns the crossover diagnostics."""
         config = self.config
         seed = member_seed(config, lm.member.index) + 100 * (round_index + 1)
@@ -510,6 +518,9 @@ class Population:
             load_flat_parameters(member.policy, policies[fitter])
             load_flat_parameters(member.critic, critics[fitter])
         member.beta = float(betas[fitter]) if config.child_beta == "fitter" else config.initial_beta
+        if optimizers is not None:
+            load_adam_state(member.policy_optimizer, optimizers[0][fitter])
+            load_adam_state(member.critic_optimizer, optimizers[1][fitter])
         diagnostics = (np.nan, np.nan, np.nan)
         if not config.has("C"):
             load_flat_parameters(member.policy, policies[fitter])  # the ablation base copies the fitter parent

@@ -128,6 +128,32 @@ class Member:
                    beta=config.initial_beta, generator=torch.Generator().manual_seed(seed))
 
 
+def adam_state(optimizer: torch.optim.Adam) -> np.ndarray:
+    """An Adam optimizer's state as one flat float32 vector: its step count, then
+    every parameter's first moments, then every parameter's second moments
+    (zeros before its first step), to move between ranks like parameters."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    states = [optimizer.state.get(p, {}) for p in parameters]
+    step = float(states[0]["step"]) if "step" in states[0] else 0.0
+    moments = [state[name].reshape(-1) if name in state else torch.zeros(p.numel())
+               for name in ("exp_avg", "exp_avg_sq") for p, state in zip(parameters, states)]
+    return torch.cat([torch.tensor([step]), *moments]).numpy().astype(np.float32)
+
+
+def load_adam_state(optimizer: torch.optim.Adam, vector: np.ndarray) -> None:
+    """Inverse of adam_state (a step count of 0 leaves the optimizer fresh)."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    if not vector[0]:
+        return
+    sizes = [p.numel() for p in parameters]
+    first, second = np.split(vector[1:], 2)
+    for p, exp_avg, exp_avg_sq in zip(parameters, np.split(first, np.cumsum(sizes)[:-1]),
+                                      np.split(second, np.cumsum(sizes)[:-1])):
+        optimizer.state[p] = dict(step=torch.tensor(float(vector[0])),
+                                  exp_avg=torch.tensor(exp_avg.reshape(p.shape)),
+                                  exp_avg_sq=torch.tensor(exp_avg_sq.reshape(p.shape)))
+
+
 @dataclass
 class PooledData:
     """The learner's view of the batches it learns from, as tensors."""

@@ -1,7 +1,8 @@
 """`gpo-mpi plot RUN.h5...`: PNG figures of one run or several overlaid.
 
 - curves:  every member's return and the population best against environment
-           steps; several runs overlaid, one colour each
+           steps; several runs overlaid, one colour each; for one GPO run with
+           data sharing, a panel below with mean |S_i| and effective sample size
 - kl:      the KL matrix KL[pi_i || pi_j] of every round as a heatmap (gpo)
 - family:  who bred whom: member slots by round, an edge from each parent to
            its child, nodes coloured by return (gpo)
@@ -37,9 +38,24 @@ def _label(path: str, config) -> str:
     return f"{Path(path).stem} ({config.algo}, m={config.n_policies})"
 
 
+def _sharing_record(path: str) -> tuple | None:
+    """(steps, mean |S_i|, mean effective sample size in batches) of a GPO run with data sharing, else None."""
+    with open_run(path) as run_file:
+        config = run_config(run_file)
+        if not config.has("M") or "iterations/share_set_size" not in run_file:
+            return None
+        return (run_file["iterations/env_steps"][()], run_file["iterations/share_set_size"][()].mean(axis=1),
+                run_file["iterations/effective_sample_size"][()].mean(axis=1) / config.batch_steps)
+
+
 def learning_curves(paths: list[str]):
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(8, 4.5))
+    sharing = _sharing_record(paths[0]) if len(paths) == 1 else None
+    if sharing is None:
+        figure, axes = plt.subplots(figsize=(8, 4.5))
+    else:
+        figure, (axes, sharing_axes) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+                                                    gridspec_kw=dict(height_ratios=(3, 1.3)))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, path in enumerate(paths):
         colour = colours[index % len(colours)]
@@ -59,6 +75,17 @@ def learning_curves(paths: list[str]):
             for boundary in steps[np.flatnonzero(np.diff(rounds)) + 1]:
                 axes.axvline(boundary, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel("environment steps (whole population, crossover included)")
+    if sharing is not None:
+        steps, set_sizes, sample_sizes = sharing
+        sharing_axes.plot(steps, set_sizes, color="black", linewidth=1.2, label="mean |S_i| (itself included)")
+        sharing_axes.plot(steps, sample_sizes, color="tab:orange", linewidth=1.2,
+                          label="effective sample size (batches)")
+        sharing_axes.set_ylim(bottom=0)
+        sharing_axes.set_xlabel(axes.get_xlabel())
+        axes.set_xlabel("")
+        sharing_axes.set_ylabel("data sharing")
+        sharing_axes.grid(alpha=0.3)
+        sharing_axes.legend(fontsize=8, loc="best")
     axes.set_ylabel("mean return of the last 10 training episodes")
     axes.set_title("learning curves: thin lines are members" + (", dotted lines round starts" if len(paths) == 1
                                                                 else ""))

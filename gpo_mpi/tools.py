@@ -47,6 +47,7 @@ def info(path: str) -> str:
         returns = run_file["iterations/member_return"][()]
         complete = "final" in run_file
         best = int(run_file["final"].attrs["best_member"]) if complete else None
+        evaluation = run_file["final/eval_returns"][()] if complete and "final/eval_returns" in run_file else None
         n_ranks = int(run_file.attrs["n_ranks"])
     lines = [f"{path}: {config.algo} on {config.env}, population {config.population}, {n_ranks} rank(s), "
              f"seed {config.seed}",
@@ -60,8 +61,11 @@ def info(path: str) -> str:
             leader = int(np.nanargmax(last))
             lines.append(f"returns (last 10 training episodes): best member {leader} at {last[leader]:.1f}, "
                          f"mean {np.nanmean(last):.1f}")
-    if complete:
-        lines.append(f"best member at the end: {best}")
+    if evaluation is not None:
+        lines.append(f"best member at the end: {best}, by the final evaluation ({evaluation.shape[1]} episodes with "
+                     f"the mean action): {evaluation[best].mean():.1f}; members' mean {evaluation.mean():.1f}")
+    elif complete:
+        lines.append(f"best member at the end: {best} (by the last training episodes)")
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in json.loads(json.dumps(config.__dict__)).items()))
     return "\n".join(lines)
 

@@ -7,8 +7,9 @@ import torch
 
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
-from gpo_mpi.mutate import (Member, a2c_loss, adapt_beta, effective_sample_size, gaussian_kl, importance_ratios,
-                            kl_matrix, pool_batches, ppo_loss, share_sets, standardize, update)
+from gpo_mpi.mutate import (Member, a2c_loss, adam_state, adapt_beta, effective_sample_size, gaussian_kl,
+                            importance_ratios, kl_matrix, load_adam_state, pool_batches, ppo_loss, share_sets,
+                            standardize, update)
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
@@ -222,3 +223,24 @@ def test_a_non_finite_loss_stops_the_update_naming_member_and_environment():
         update(member, data, config)
     for old, new in zip(before, member.policy.parameters()):  # no step was taken with it
         torch.testing.assert_close(old, new)
+
+
+def test_adam_state_moves_as_a_flat_vector():
+    """A copy of a member's Adam state makes the next step of an equal network equal to the original's."""
+    config = dataclasses.replace(CONFIG, policy_epochs=3, critic_epochs=3)
+    member = Member.create(0, 3, 1, config, seed=8)
+    assert adam_state(member.policy_optimizer)[0] == 0 and not adam_state(member.policy_optimizer).any()
+    update(member, pool_batches(member, [sampled_batch(member.policy)], 0, config), config)
+    vector = adam_state(member.policy_optimizer)
+    parameter_count = sum(p.numel() for p in member.policy.parameters())
+    assert vector.shape == (1 + 2 * parameter_count,) and vector[0] == 3
+    copy = Member.create(1, 3, 1, config, seed=9)
+    copy.policy.load_state_dict(member.policy.state_dict())
+    load_adam_state(copy.policy_optimizer, vector)
+    np.testing.assert_array_equal(adam_state(copy.policy_optimizer), vector)
+    for network in (member, copy):
+        network.policy_optimizer.zero_grad()
+        network.policy.log_prob(torch.zeros(4, 3), torch.ones(4, 1)).sum().backward()
+        network.policy_optimizer.step()
+    for original, copied in zip(member.policy.parameters(), copy.policy.parameters()):
+        torch.testing.assert_close(original, copied, rtol=0, atol=0)
