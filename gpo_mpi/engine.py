@@ -391,7 +391,8 @@ class Population:
                            iterations__share_set_size=set_sizes, iterations__effective_sample_size=sample_sizes)
         rate = self.env_steps / max(elapsed, 1e-9)
         if self.scalars:
-            self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate)
+            sharing = (set_sizes, sample_sizes) if config.has("M") else (None, None)
+            self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate, *sharing)
         eta = (config.total_steps - self.env_steps) / rate
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan

@@ -16,7 +16,8 @@ class TensorBoardScalars:
         self.writer = SummaryWriter(log_dir, purge_step=resume_step)
 
     def iteration(self, env_steps: int, member_returns: np.ndarray, beta: np.ndarray, policy_kl: np.ndarray,
-                  steps_per_second: float) -> None:
+                  steps_per_second: float, share_set_sizes: np.ndarray | None = None,
+                  effective_sample_sizes: np.ndarray | None = None) -> None:
         add = self.writer.add_scalar
         finite = member_returns[np.isfinite(member_returns)]
         if len(finite):
@@ -28,6 +29,9 @@ class TensorBoardScalars:
         add("ppo/beta_mean", np.nanmean(beta), env_steps)
         add("ppo/policy_kl_mean", np.nanmean(policy_kl), env_steps)
         add("speed/steps_per_second", steps_per_second, env_steps)
+        if share_set_sizes is not None:
+            add("sharing/mean_share_set_size", np.nanmean(share_set_sizes), env_steps)
+            add("sharing/mean_effective_sample_size", np.nanmean(effective_sample_sizes), env_steps)
 
     def round(self, env_steps: int, phase_seconds: dict) -> None:
         for phase, seconds in phase_seconds.items():

@@ -252,3 +252,8 @@ def test_tensorboard_scalars_follow_the_run_file_through_a_resume(mpirun, tmp_pa
     np.testing.assert_allclose(member_values, returns[np.isfinite(returns[:, 3]), 3], rtol=1e-6)
     assert len(scalars["time/crossover"][0]) == n_rounds == 3
     assert len(scalars["gpo/median_kl_between_members"][0]) == 3
+    with h5py.File(out) as run_file:
+        set_sizes = run_file["iterations/share_set_size"][()].mean(axis=1)
+    sharing_steps, mean_set_sizes = scalars["sharing/mean_share_set_size"]
+    assert sharing_steps == steps.tolist()
+    np.testing.assert_allclose(mean_set_sizes, set_sizes, rtol=1e-6)
