@@ -71,6 +71,30 @@ def summarize(path: Path) -> dict:
                 eval_mean=float(eval_means.mean()) if eval_means is not None else np.nan)
 
 
+HELD_OUT_SEED = 1_000_000  # far from every seed a run's training and final evaluation use
+
+
+def held_out_return(path: Path, episodes: int = 10) -> float:
+    """The run's best member's mean return over `episodes` fresh episodes with the mean
+    action, on seeds its final evaluation did not see: picking the best of several
+    members by one evaluation and reporting that same evaluation flatters
+    populations (the best of 8 noisy numbers); this does not. Cached beside the run file."""
+    cache = path.with_suffix(".held-out.json")
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached["episodes"] == episodes:
+            return cached["return"]
+    from gpo_mpi.evaluate import episode_returns
+    from gpo_mpi.rollout import EnvSpec
+    from gpo_mpi.tools import load_policy
+
+    config, policy, normalizer, _ = load_policy(str(path), None)
+    returns = episode_returns(policy, normalizer, EnvSpec.of(config), episodes, HELD_OUT_SEED + config.seed,
+                              deterministic=True)
+    cache.write_text(json.dumps({"episodes": episodes, "return": float(returns.mean())}))
+    return float(returns.mean())
+
+
 def command_line(config: dict, n_ranks: int) -> str:
     """The gpo-mpi command that makes this config: the fields that differ from the defaults."""
     from gpo_mpi.config import RunConfig, to_dict
@@ -92,8 +116,8 @@ def command_line(config: dict, n_ranks: int) -> str:
 
 
 def git_commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent)
+    # The checkout the study runs in (the working directory), which may be a worktree at another commit.
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return result.stdout.strip() or "unknown"
 
 
