@@ -50,6 +50,7 @@ def summarize(path: Path) -> dict:
     with h5py.File(path) as run_file:
         config = json.loads(run_file.attrs["config"])
         n_ranks = int(run_file.attrs["n_ranks"])
+        source = run_file.attrs.get("source_commit", "unrecorded")
         steps = run_file["iterations/env_steps"][:]
         returns = run_file["iterations/member_return"][:]
         wall = run_file["iterations/wall_time"][-1]
@@ -64,7 +65,7 @@ def summarize(path: Path) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)
         best_member_curve = np.nanmax(returns, axis=1)
     eval_means = evaluation.mean(axis=1) if evaluation is not None else None
-    return dict(path=path, config=config, n_ranks=n_ranks, steps=steps, returns=returns,
+    return dict(path=path, config=config, n_ranks=n_ranks, source_commit=source, steps=steps, returns=returns,
                 best_curve=best_member_curve, best=np.nanmax(best_member_curve), final=best_member_curve[-1],
                 final_mean=np.nanmean(returns[-1]), wall=wall, phases=phases, diagnostics=diagnostics,
                 eval_best=float(eval_means.max()) if eval_means is not None else np.nan,

@@ -88,6 +88,9 @@ def table_1(args, summaries: dict, prefix: Path) -> str:
         done = summaries[args.envs[0], algo]
         if done:
             notes.append(f"{LABELS[algo]}: `{command_line(done[0]['config'], done[0]['n_ranks'])}`")
+    commits = sorted({s["source_commit"] for runs in summaries.values() for s in runs})
+    notes.append(f"Source commits recorded in the run files: {', '.join(commits) or 'none yet'} ('unrecorded': "
+                 f"made before run files recorded it; see docs/RESULTS.md).")
     notes.append("Paper ratios from its Table 1 (rllab tasks, 8M steps, 8 seeds): compare orderings and ratios, "
                  "not raw returns (gymnasium v5 rewards and horizons differ).")
     return write_table(prefix, header, rows, notes)

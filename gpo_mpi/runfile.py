@@ -2,7 +2,7 @@
 
 Layout (m = number of policies: the population, or 1 for Joint; I iterations and R rounds so far):
 
-    /                      attrs: format, format_version, gpo_mpi_version, config (JSON), n_ranks
+    /                      attrs: format, format_version, gpo_mpi_version, source_commit, config (JSON), n_ranks
     /config                attrs: one per config field
     /iterations/env_steps        (I,)      int64    environment steps of the whole run after the iteration
     /iterations/wall_time        (I,)      float64  seconds since the run started
@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -56,6 +57,22 @@ from .config import RunConfig, to_dict
 
 FORMAT = "gpo-mpi run file"
 FORMAT_VERSION = 1
+
+
+def source_commit() -> str:
+    """The git commit of the gpo_mpi source that runs ("+changes" when it differs from the commit), or
+    "unknown" outside a git checkout (an installed wheel): which code made a run file."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", package_dir, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", package_dir, "status", "--porcelain", "--", "."],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 class RunFileWriter:
@@ -95,7 +112,7 @@ class RunFileWriter:
             return
         with h5py.File(self.path + ".tmp", "w") as run_file:
             run_file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
-                                  config=json.dumps(to_dict(config)), n_ranks=n_ranks)
+                                  source_commit=source_commit(), config=json.dumps(to_dict(config)), n_ranks=n_ranks)
             config_group = run_file.create_group("config")
             for name, value in to_dict(config).items():
                 if isinstance(value, dict):

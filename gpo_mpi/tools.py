@@ -49,8 +49,10 @@ def info(path: str) -> str:
         best = int(run_file["final"].attrs["best_member"]) if complete else None
         evaluation = run_file["final/eval_returns"][()] if complete and "final/eval_returns" in run_file else None
         n_ranks = int(run_file.attrs["n_ranks"])
+        version = run_file.attrs.get("gpo_mpi_version", "?")
+        commit = run_file.attrs.get("source_commit", "unrecorded")
     lines = [f"{path}: {config.algo} on {config.env}, population {config.population}, {n_ranks} rank(s), "
-             f"seed {config.seed}",
+             f"seed {config.seed}, made by gpo-mpi {version} (source commit {commit})",
              f"progress: {steps[-1] if len(steps) else 0:,} of {config.total_steps:,} environment steps, "
              f"{len(steps)} of {config.iterations} iterations, "
              + ("complete" if complete else "not complete (resume with --resume)")]
