@@ -101,10 +101,10 @@ class RunConfig:
     """Gradient-norm clip for policy and critic updates; 0 disables it."""
 
     # ---------------------------------------------------------- data sharing
-    share_epsilon: float = 0.1
-    """Component M: member i learns from j's batch when KL[pi_i, pi_j] < share_epsilon (mean over shared states)."""
-    share_max: int = 0
-    """At most this many other members in S_i, the nearest by KL (0: no limit, the paper's rule)."""
+    share_epsilon: float = math.inf
+    """Component M: member i learns from j's batch when KL[pi_i, pi_j] < share_epsilon (mean over shared states; the paper: a small epsilon, see the paper-literal preset)."""
+    share_max: int = 7
+    """At most this many other members in S_i, the nearest by KL (0: no limit, the paper's rule); 7 is every other member of the paper's population of 8."""
     share_every: int = 1
     """Iterations between measurements of the KL matrix that decide S_i (0: once, at the round's start, as the paper)."""
     share_ratio_cap: float = 1.0
