@@ -21,14 +21,22 @@ from reproduce import RUNS, round_diagnostics, run_arguments
 
 # The fields the choice is about, all spelled out in every candidate.
 FIXED = "--share-every 1 --share-ratio-cap 1 --critic-data own --child-beta initial"
+ALL_MEMBERS = "--share-epsilon inf --share-max 0 --share-every 1 --critic-data own"
 CANDIDATES = {
     "2 nearest": f"--share-epsilon inf --share-max 2 {FIXED} --expert-choice argmax",
-    "all members": f"--share-epsilon inf --share-max 0 {FIXED} --expert-choice argmax",
+    "all members": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta initial --expert-choice argmax",
     "no sharing (C+S)": f"--components CS {FIXED} --expert-choice argmax",
     "epsilon 0.5": f"--share-epsilon 0.5 --share-max 0 {FIXED} --expert-choice argmax",
     "literal sharing rule, new crossover": ("--share-epsilon 0.1 --share-max 0 --share-every 0 --share-ratio-cap inf "
                                             "--critic-data shared --expert-choice argmax --child-beta initial"),
-    "2 nearest, expert draws": f"--share-epsilon inf --share-max 2 {FIXED} --expert-choice sample",
+    # one change each from the chosen defaults ("all members"); the runs above left child_optimizer at "fresh"
+    "all members, untruncated ratios": f"{ALL_MEMBERS} --share-ratio-cap inf --child-beta initial "
+                                       "--expert-choice argmax",
+    "all members, expert draws": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta initial --expert-choice sample",
+    "all members, fitter parent's Adam state": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta initial "
+                                               "--expert-choice argmax --child-optimizer fitter",
+    "all members, fitter parent's beta": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta fitter "
+                                         "--expert-choice argmax",
 }
 # bench/reproduce.py's runs, read (or made) under its own file names.
 REFERENCES = {"paper-literal": "gpo-literal", "single": "single", "joint": "joint"}

@@ -131,13 +131,6 @@ class ReturnLog:
             window.clear()
 
 
-def mean_return_per_member(episode_rows: np.ndarray, n_members: int) -> np.ndarray:
-    counts = np.bincount(episode_rows[:, 0].astype(int), minlength=n_members)
-    sums = np.bincount(episode_rows[:, 0].astype(int), weights=episode_rows[:, 1], minlength=n_members)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
