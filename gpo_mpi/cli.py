@@ -122,21 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         from . import tools
 
         try:
-            print(tools.main(arguments[0], arguments[1:]))
+            print(tools.main(arguments[0], arguments[1:]), flush=True)
         except config.ConfigError as error:
             print(f"gpo-mpi {arguments[0]}: error: {error}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT
+        except BrokenPipeError:  # `gpo-mpi info run.h5 | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
     if arguments[:1] == ["run"]:
         arguments = arguments[1:]
     parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)
 
     from .engine import run
+    from .paths import check_output_file
     from .rollout import NonFiniteError, UnusableEnvironment
 
     # Every rank checks the same input and fails alike; rank 0 alone says why.
     try:
         run_config = config.from_arguments(parsed, comm.Get_size())
+        check_output_file(run_config.out, "--out")
         completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out),
                         signalled_before_start=lambda: early_signals.received)
     except (config.ConfigError, UnusableEnvironment) as error:

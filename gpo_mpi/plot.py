@@ -12,12 +12,12 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .config import ConfigError
+from .paths import ensure_output_directory
 from .tools import breed_couple, load_run, open_run, run_config
 
 FIGURES = ("curves", "kl", "family", "states")
@@ -202,7 +202,7 @@ def plot(paths: list[str], out_dir: str, figures: list[str], state_steps: int, s
     for path in paths:
         open_run(path).close()  # every file is a readable run file before anything is drawn
     plt = _pyplot()
-    os.makedirs(out_dir, exist_ok=True)
+    ensure_output_directory(out_dir, "plot -o")
     lines = []
 
     def save(figure, stem: str, name: str, note: str = "") -> None:

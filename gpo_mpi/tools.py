@@ -19,6 +19,7 @@ from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import GaussianPolicy, load_flat_parameters
+from .paths import check_output_file, ensure_output_directory
 from .rollout import EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import FORMAT
 
@@ -158,6 +159,7 @@ class ExportedPolicy(nn.Module):
 
 
 def export(path: str, out: str, member: int | None) -> str:
+    check_output_file(out, "export -o")
     _, policy, normalizer, chosen = load_policy(path, member)
     scripted = torch.jit.script(ExportedPolicy(policy, normalizer))
     scripted.save(out)
@@ -191,6 +193,7 @@ def evaluate(path: str, episodes: int, member: int | None, seed: int, determinis
     config, policy, normalizer, chosen = load_policy(path, member)
     env = EnvSpec.of(config)
     if video_dir:
+        ensure_output_directory(video_dir, "eval --video")
         check_offscreen_rendering(env)
     returns = episode_returns(policy, normalizer, env, episodes, seed, deterministic, video_dir,
                               video_name=f"member{chosen}")

@@ -140,6 +140,25 @@ def test_bad_input_is_one_line_from_one_rank(mpirun, tmp_path, arguments, messag
     assert not out.exists()
 
 
+@pytest.mark.parametrize("out, message", [
+    ("TMP/nodir/run.h5", "--out TMP/nodir/run.h5: the directory TMP/nodir does not exist"),
+    ("TMP/somefile/run.h5", "--out TMP/somefile/run.h5: TMP/somefile is not a directory"),
+    ("TMP/somedir/", "--out TMP/somedir/ is a directory; give a file name such as TMP/somedir/run.h5"),
+    ("TMP/somedir", "--out TMP/somedir is a directory"),
+    ("/proc/run.h5", "--out /proc/run.h5: cannot write in /proc"),
+])
+def test_a_bad_run_file_path_is_one_line_and_writes_nothing(mpirun, tmp_path, out, message):
+    (tmp_path / "somefile").write_bytes(b"kept as it is")
+    (tmp_path / "somedir").mkdir()
+    before = sorted((str(p), p.is_dir() or p.read_bytes()) for p in tmp_path.rglob("*"))
+    result = mpirun(2, [gpo_mpi_command(), *TINY, "--algo", "single", "--population", "2", "--total-steps", "256",
+                        "--out", out.replace("TMP", str(tmp_path))], timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("gpo-mpi: error: ") and message.replace("TMP", str(tmp_path)) in errors[0], errors
+    assert sorted((str(p), p.is_dir() or p.read_bytes()) for p in tmp_path.rglob("*")) == before
+
+
 def test_a2c_mutation_runs_without_a_penalty(mpirun, tmp_path):
     out = tmp_path / "a2c.h5"
     result = run(mpirun, 1, out, "--algo", "single", "--mutation", "a2c", "--population", "1",

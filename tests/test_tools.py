@@ -85,6 +85,38 @@ def test_tools_refuse_bad_input_in_one_line(finished_run, arguments, message):
     assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
 
 
+def directory_state(root):
+    """Every path under root with its bytes (None for directories)."""
+    return {str(path.relative_to(root)): None if path.is_dir() else path.read_bytes()
+            for path in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["export", "RUN", "-o", "TMP/nodir/policy.pt"], "export -o TMP/nodir/policy.pt: the directory TMP/nodir does not exist"),
+    (["export", "RUN", "-o", "TMP/somefile/policy.pt"], "TMP/somefile is not a directory"),
+    (["export", "RUN", "-o", "TMP/somedir"], "export -o TMP/somedir is a directory"),
+    (["export", "RUN", "-o", "/proc/policy.pt"], "export -o /proc/policy.pt: cannot write in /proc"),
+    (["plot", "RUN", "-o", "TMP/somefile"], "plot -o TMP/somefile is a file, not a directory"),
+    (["plot", "RUN", "-o", "TMP/somefile/plots"], "plot -o TMP/somefile/plots: cannot make the directory"),
+    (["eval", "RUN", "--video", "TMP/somefile"], "eval --video TMP/somefile is a file, not a directory"),
+])
+def test_bad_output_paths_are_one_line_and_change_nothing(finished_run, tmp_path, arguments, message):
+    (tmp_path / "somefile").write_bytes(b"kept as it is")
+    (tmp_path / "somedir").mkdir()
+    before = directory_state(tmp_path)
+    result = tool(*[finished_run if a == "RUN" else a.replace("TMP", str(tmp_path)) for a in arguments])
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    message = message.replace("TMP", str(tmp_path))
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+    assert directory_state(tmp_path) == before
+
+
+def test_a_closed_pipe_ends_a_tool_quietly(finished_run):
+    result = subprocess.run(f"'{gpo_mpi_command()}' info '{finished_run}' | head -c 10", shell=True,
+                            capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert result.stdout == str(finished_run)[:10] and result.stderr == ""
+
+
 def png_shape(path):
     import matplotlib.image
     return matplotlib.image.imread(path).shape
