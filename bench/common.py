@@ -19,12 +19,23 @@ import numpy as np
 RUNS = Path("runs")
 
 
+# Committed summaries of finished runs, one JSON file each: run files are large and stay out of git, so a
+# study's tables and plots are remade from these where the run file is gone (another machine, a new session).
+RESULTS = Path(__file__).parent / "results"
+ARRAYS = ("steps", "returns", "best_curve")
+
+
+def summary_file(path: Path) -> Path:
+    return RESULTS / path.parent.name / f"{path.stem}.json"
+
+
 def is_complete(path: Path) -> bool:
+    """The run finished: its run file says so, or its summary was committed."""
     try:
         with h5py.File(path, "r") as run_file:
             return "final" in run_file
     except OSError:
-        return False
+        return summary_file(path).exists()
 
 
 def ensure_run(name: str, n_ranks: int, arguments: str, runs_dir: Path = RUNS) -> Path:
@@ -46,8 +57,44 @@ def ensure_run(name: str, n_ranks: int, arguments: str, runs_dir: Path = RUNS) -
 
 
 def summarize(path: Path) -> dict:
-    """Config, curves and headline numbers of a finished run."""
-    with h5py.File(path) as run_file:
+    """Config, curves and headline numbers of a finished run, from its run file (saving its summary)
+    or, where the run file is gone, from its committed summary."""
+    try:
+        summary = _summarize_run_file(path)
+    except OSError:
+        stored = json.loads(summary_file(path).read_text())
+        stored["path"] = path
+        for name in ARRAYS:
+            stored[name] = np.array(stored[name], dtype=float)
+        stored["diagnostics"] = {k: np.array(v, dtype=float) for k, v in stored["diagnostics"].items()}
+        return stored
+    _save_summary(path, summary)
+    return summary
+
+
+def _save_summary(path: Path, summary: dict) -> None:
+    def plain(value):
+        if isinstance(value, np.ndarray):
+            return np.round(value.astype(float), 2).tolist()
+        if isinstance(value, (np.floating, np.integer)):
+            return float(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    target = summary_file(path)
+    kept = json.loads(target.read_text()) if target.exists() else {}
+    record = {k: plain(v) for k, v in summary.items() if k != "path"}
+    if "held_out" in kept and kept.get("source_commit") == record["source_commit"]:
+        record["held_out"] = kept["held_out"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def _summarize_run_file(path: Path) -> dict:
+    with h5py.File(path, "r") as run_file:
+        if "final" not in run_file:
+            raise OSError(f"{path} is not a finished run")
         config = json.loads(run_file.attrs["config"])
         n_ranks = int(run_file.attrs["n_ranks"])
         source = run_file.attrs.get("source_commit", "unrecorded")
@@ -79,20 +126,21 @@ def held_out_return(path: Path, episodes: int = 10) -> float:
     """The run's best member's mean return over `episodes` fresh episodes with the mean
     action, on seeds its final evaluation did not see: picking the best of several
     members by one evaluation and reporting that same evaluation flatters
-    populations (the best of 8 noisy numbers); this does not. Cached beside the run file."""
-    cache = path.with_suffix(".held-out.json")
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached["episodes"] == episodes:
-            return cached["return"]
+    populations (the best of 8 noisy numbers); this does not. Kept in the run's summary."""
+    summary = summarize(path)
+    target = summary_file(path)
+    stored = json.loads(target.read_text())
+    if stored.get("held_out", {}).get("episodes") == episodes:
+        return stored["held_out"]["return"]
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
     from gpo_mpi.tools import load_policy
 
     config, policy, normalizer, _ = load_policy(str(path), None)
-    returns = episode_returns(policy, normalizer, EnvSpec.of(config), episodes, HELD_OUT_SEED + config.seed,
-                              deterministic=True)
-    cache.write_text(json.dumps({"episodes": episodes, "return": float(returns.mean())}))
+    returns = episode_returns(policy, normalizer, EnvSpec.of(config), episodes,
+                              HELD_OUT_SEED + summary["config"]["seed"], deterministic=True)
+    stored["held_out"] = {"episodes": episodes, "return": float(returns.mean())}
+    target.write_text(json.dumps(stored, separators=(",", ":")) + "\n")
     return float(returns.mean())
 
 
