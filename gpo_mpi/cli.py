@@ -133,14 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         arguments = arguments[1:]
     parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)
 
-    from .engine import run
+    from .engine import agree_on_startup, run
     from .paths import check_output_file
     from .rollout import NonFiniteError, UnusableEnvironment
 
-    # Every rank checks the same input and fails alike; rank 0 alone says why.
+    # Ranks agree on bad input, whichever of them found it; rank 0 alone says why.
     try:
-        run_config = config.from_arguments(parsed, comm.Get_size())
-        check_output_file(run_config.out, "--out")
+        message = None
+        try:
+            run_config = config.from_arguments(parsed, comm.Get_size())
+            check_output_file(run_config.out, "--out")
+        except config.ConfigError as error:
+            message = str(error)
+        agree_on_startup(comm, message)
         completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out),
                         signalled_before_start=lambda: early_signals.received)
     except (config.ConfigError, UnusableEnvironment) as error:

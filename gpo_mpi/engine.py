@@ -35,7 +35,7 @@ from .evaluate import episode_returns
 from .mutate import (DataParallel, Member, adam_state, kl_matrix, load_adam_state, pool_batches, share_sets,
                      update)
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
-from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
+from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
 from .runfile import RunFileWriter
 from .scalars import TensorBoardScalars
 
@@ -45,6 +45,14 @@ EVALUATION_SEED_OFFSET = 500_000  # evaluation episodes never reuse a training e
 
 def member_seed(config: RunConfig, index: int) -> int:
     return config.seed + 1000 * index
+
+
+def agree_on_startup(comm, message: str | None) -> None:
+    """Raise ConfigError on every rank if start-up failed on any (see mpi.first_error)."""
+    failure = mpi.first_error(comm, message)
+    if failure is not None:
+        rank, first_message = failure
+        raise ConfigError(first_message + (f" (on rank {rank})" if comm.Get_size() > 1 else ""))
 
 
 def recorder_stride(config: RunConfig) -> int:
@@ -143,23 +151,14 @@ class Population:
         self.config, self.comm = config, comm
         self.rank, self.n_ranks = comm.Get_rank(), comm.Get_size()
         self.env = EnvSpec.of(config)
-        self.obs_dim, self.act_dim = self.env.space_sizes()
         self.joint = config.algo == "joint"
-        per_rank = config.local_members(self.n_ranks)
-        slots = [self.rank * per_rank + k for k in range(per_rank)]
-        if self.joint:  # one policy, the same initial weights on every rank
-            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
-            members = [joint_member] * per_rank
-        else:
-            members = [Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)) for i in slots]
-        # Crossover's selector learns from each parent's whole round of episodes.
-        records_episodes = config.has("C") and config.crossover_operator == "state"
-        self.local = []
-        for slot, member in zip(slots, members):
-            recorder = EpisodeRecorder(config.n_envs, recorder_stride(config)) if records_episodes else None
-            name = f"joint sampler {slot}" if self.joint else f"member {slot}"
-            seed = member_seed(config, slot) + 1
-            self.local.append(LocalMember(member, Sampler(self.env, config.n_envs, seed, name, recorder), seed))
+        message = None
+        try:  # environments may fail on some ranks only (a user class, a node without a library)
+            self.obs_dim, self.act_dim = self.env.space_sizes()
+            self.local = self.make_slots()
+        except UnusableEnvironment as error:
+            message = str(error)
+        agree_on_startup(comm, message)
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
         self.returns = ReturnLog(config.n_policies)
@@ -184,6 +183,26 @@ class Population:
         if self.writer and config.tensorboard:
             # A resumed run drops the events logged after its checkpoint, which it logs again.
             self.scalars = TensorBoardScalars(config.tensorboard, self.env_steps + 1 if resume else None)
+
+    def make_slots(self) -> list[LocalMember]:
+        """This rank's member slots: networks and samplers (Joint: sampler slots of its one policy)."""
+        config = self.config
+        per_rank = config.local_members(self.n_ranks)
+        slots = [self.rank * per_rank + k for k in range(per_rank)]
+        if self.joint:  # one policy, the same initial weights on every rank
+            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
+            members = [joint_member] * per_rank
+        else:
+            members = [Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)) for i in slots]
+        # Crossover's selector learns from each parent's whole round of episodes.
+        records_episodes = config.has("C") and config.crossover_operator == "state"
+        local = []
+        for slot, member in zip(slots, members):
+            recorder = EpisodeRecorder(config.n_envs, recorder_stride(config)) if records_episodes else None
+            name = f"joint sampler {slot}" if self.joint else f"member {slot}"
+            seed = member_seed(config, slot) + 1
+            local.append(LocalMember(member, Sampler(self.env, config.n_envs, seed, name, recorder), seed))
+        return local
 
     @property
     def members(self) -> list[Member]:

@@ -28,6 +28,7 @@ __all__ = [
     "gather_objects",
     "scatter_objects",
     "bcast_object",
+    "first_error",
     "library_version",
 ]
 
@@ -161,6 +162,17 @@ def scatter_objects(comm: MPI.Comm, values: list | None, root: int = 0):
 def bcast_object(comm: MPI.Comm, value, root: int = 0):
     """Root's picklable value on every rank (small metadata, checkpoints)."""
     return comm.bcast(value, root=root)
+
+
+def first_error(comm: MPI.Comm, message: str | None) -> tuple[int, str] | None:
+    """Every rank says whether its start-up failed (a one-line message, or None);
+    all get the lowest failing rank and its message, or None. Called where each rank
+    may fail alone (an environment, a file on a node-local disk), so that no rank
+    returns while the others wait for it in a collective."""
+    for rank, rank_message in enumerate(comm.allgather(message)):
+        if rank_message is not None:
+            return rank, rank_message
+    return None
 
 
 def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> None:

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import h5py
@@ -157,6 +158,23 @@ def test_a_bad_run_file_path_is_one_line_and_writes_nothing(mpirun, tmp_path, ou
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert errors[0].startswith("gpo-mpi: error: ") and message.replace("TMP", str(tmp_path)) in errors[0], errors
     assert sorted((str(p), p.is_dir() or p.read_bytes()) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("n_ranks, failing_rank", [(2, 1), (4, 3), (4, 0)])
+def test_an_environment_failing_on_one_rank_ends_the_job_in_one_line(mpirun, tmp_path, n_ranks, failing_rank):
+    """Whichever rank cannot make its environment, every rank stops at once with exit 2 and rank 0
+    prints that rank's one line; nothing is written."""
+    start = time.monotonic()
+    result = mpirun(n_ranks, [gpo_mpi_command(), *TINY, "--algo", "single", "--env", "user_envs:FailsOnRank",
+                              "--env-kwargs", json.dumps({"rank": failing_rank}), "--total-steps", "4096",
+                              "--out", str(tmp_path / "run.h5")],
+                    timeout=120, env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert time.monotonic() - start < 60
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("gpo-mpi: error: cannot make environment 'user_envs:FailsOnRank'")
+    assert errors[0].endswith(f"no simulator library on the node of rank {failing_rank} (on rank {failing_rank})")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a2c_mutation_runs_without_a_penalty(mpirun, tmp_path):

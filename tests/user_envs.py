@@ -22,3 +22,14 @@ class ReachTarget(gym.Env):
         self.steps += 1
         reward = -float(np.sum((self.position - self.target) ** 2))
         return self.position.copy(), reward, False, self.steps >= 25, {}
+
+
+class FailsOnRank(ReachTarget):
+    """ReachTarget, except that it cannot be made on one MPI rank (`env_kwargs` {"rank": r}): a library
+    missing on one node, say."""
+
+    def __init__(self, rank: int = 1):
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == rank:
+            raise ValueError(f"no simulator library on the node of rank {rank}")
+        super().__init__()
