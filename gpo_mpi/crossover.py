@@ -3,10 +3,11 @@
 State-space crossover (the paper's): train a selector pi_S(parent | s) by
 return-weighted maximum likelihood on the parents' best trajectories of
 their last mutation round; the expert pi_H picks a parent with pi_S at every
-state (the more likely one, or a draw) and acts with that parent's Gaussian; DAgger then distills pi_H into a child network of the
-parents' shape, minimizing KL[pi_child(.|s) || pi_parent(s)(.|s)] in closed
-form. Two comparison operators: parameter-space crossover (every layer from
-a random parent) and copying the fitter parent (the ablation base).
+state (the more likely one, or a draw) and acts with that parent's Gaussian;
+DAgger then distills pi_H into a child network of the parents' shape,
+minimizing KL[pi_child(.|s) || pi_parent(s)(.|s)] in closed form. Two
+comparison operators: parameter-space crossover (every layer from a random
+parent) and copying the fitter parent (the ablation base).
 
 Plain functions on torch modules and numpy arrays; no MPI. Every rollout
 goes through the caller's `Sampler` and is counted by the caller.

@@ -92,7 +92,8 @@ def directory_state(root):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["export", "RUN", "-o", "TMP/nodir/policy.pt"], "export -o TMP/nodir/policy.pt: the directory TMP/nodir does not exist"),
+    (["export", "RUN", "-o", "TMP/nodir/policy.pt"],
+     "export -o TMP/nodir/policy.pt: the directory TMP/nodir does not exist"),
     (["export", "RUN", "-o", "TMP/somefile/policy.pt"], "TMP/somefile is not a directory"),
     (["export", "RUN", "-o", "TMP/somedir"], "export -o TMP/somedir is a directory"),
     (["export", "RUN", "-o", "/proc/policy.pt"], "export -o /proc/policy.pt: cannot write in /proc"),
