@@ -216,10 +216,10 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
     np.testing.assert_array_equal(one["iterations/round"], [0, 1, 2])
     pairs = one["breeding/parent_pairs"]
     assert pairs.shape == (2, 4, 2) and np.all(pairs[:, :, 0] != pairs[:, :, 1])
-    for before, chosen in zip(one["breeding/member_return_before"], pairs):  # the fittest distinct couples
+    for before, chosen, parent_returns in zip(one["breeding/member_return_before"], pairs,
+                                              one["breeding/parent_returns"]):  # the fittest distinct couples
         np.testing.assert_array_equal(chosen, select.fittest_pairs(select.performance_fitness(before), 4))
-        np.testing.assert_allclose(one["breeding/parent_returns"][0], one["breeding/member_return_before"][0][
-            pairs[0]])
+        np.testing.assert_array_equal(parent_returns, before[chosen])
     child_returns = one["breeding/child_return"]
     assert child_returns.shape == (2, 4) and np.all(np.isfinite(child_returns)) and np.all(child_returns < 0)
     # Each child's environments restart at its birth, so its round's only iteration (32 steps a column,
