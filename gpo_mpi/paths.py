@@ -30,12 +30,22 @@ def check_output_file(path: str, what: str) -> None:
     _check_writable_directory(directory, f"{what} {path}")
 
 
-def ensure_output_directory(path: str, what: str) -> None:
-    """`path` is a directory that takes new files, made (with its parents) if missing."""
+def check_output_directory(path: str, what: str) -> None:
+    """`path` is, or can be made as, a directory that takes new files; nothing is made."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{what} {path} is a file, not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{what} {path}: cannot make the directory ({existing} is a file)")
+    _check_writable_directory(existing, f"{what} {path}")
+
+
+def ensure_output_directory(path: str, what: str) -> None:
+    """`path` is a directory that takes new files, made (with its parents) if missing."""
+    check_output_directory(path, what)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"{what} {path}: cannot make the directory ({error.strerror or error})") from None
-    _check_writable_directory(path, f"{what} {path}")

@@ -19,7 +19,7 @@ from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import GaussianPolicy, load_flat_parameters
-from .paths import check_output_file, ensure_output_directory
+from .paths import check_output_directory, check_output_file, ensure_output_directory
 from .rollout import EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import FORMAT
 
@@ -193,8 +193,9 @@ def evaluate(path: str, episodes: int, member: int | None, seed: int, determinis
     config, policy, normalizer, chosen = load_policy(path, member)
     env = EnvSpec.of(config)
     if video_dir:
-        ensure_output_directory(video_dir, "eval --video")
+        check_output_directory(video_dir, "eval --video")
         check_offscreen_rendering(env)
+        ensure_output_directory(video_dir, "eval --video")  # made only once a video can be recorded
     returns = episode_returns(policy, normalizer, env, episodes, seed, deterministic, video_dir,
                               video_name=f"member{chosen}")
     kind = "mean actions" if deterministic else "sampled actions"
