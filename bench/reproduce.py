@@ -70,8 +70,13 @@ def table_1(args, summaries: dict, prefix: Path) -> str:
         evals = {algo: [held_out_return(s["path"]) for s in summaries[env, algo]] for algo in ALGOS}
         member_means = {algo: [s["eval_mean"] for s in summaries[env, algo]] for algo in ALGOS}
         trains = {algo: [float(s["final"]) for s in summaries[env, algo]] for algo in ALGOS}
-        ratio = {peer: (f"{np.mean(evals['gpo']) / np.mean(evals[peer]):.2f}" if evals["gpo"] and evals[peer]
-                        else "pending") for peer in ("single", "joint")}
+        by_seed = {algo: {s["config"]["seed"]: value for s, value in zip(summaries[env, algo], evals[algo])}
+                   for algo in ALGOS}
+        ratio = {}
+        for peer in ("single", "joint"):  # over the seeds both have
+            seeds = sorted(set(by_seed["gpo"]) & set(by_seed[peer]))
+            gpo, other = (np.mean([by_seed[algo][k] for k in seeds]) if seeds else np.nan for algo in ("gpo", peer))
+            ratio[peer] = f"{gpo / other:.2f}" if seeds else "pending"
         paper = PAPER_TABLE_1.get(env)
         rows.append([env] + [mean_and_error(evals[algo]) for algo in ALGOS] + [ratio["single"], ratio["joint"]]
                     + [mean_and_error(member_means[algo]) for algo in ALGOS]
@@ -79,7 +84,8 @@ def table_1(args, summaries: dict, prefix: Path) -> str:
                     + ([f"{paper[0] / paper[1]:.2f}", f"{paper[0] / paper[2]:.2f}"] if paper else ["", ""]))
     notes = [f"First columns: the run's best member (chosen by its final evaluation, 10 episodes with the mean "
              f"action; Joint: its one policy) evaluated again on 10 held-out episodes with the mean action, so "
-             f"that picking the best of 8 does not flatter GPO and Single. members' mean: the final evaluation "
+             f"that picking the best of 8 does not flatter GPO and Single; the ratios use the seeds both runs have. "
+             f"members' mean: the final evaluation "
              f"averaged over all members. training: the best member's mean return over its last 10 training "
              f"episodes. Mean ± standard error over seeds {args.seeds}. Budget {args.total_steps:,} "
              f"environment steps per run, population 8, on {args.ranks} ranks of a 2-core machine; GPO with "
@@ -161,7 +167,9 @@ def plot_curves(args, summaries: dict, path: str) -> None:
             if not curves:
                 continue
             grid = np.linspace(0, args.total_steps, 100)
-            interpolated = np.array([np.interp(grid, s["steps"], np.nan_to_num(s["best_curve"])) for s in curves])
+            # Iterations right after a breeding, before any child finished an episode, have no return: skip them.
+            interpolated = np.array([np.interp(grid, s["steps"][np.isfinite(s["best_curve"])],
+                                               s["best_curve"][np.isfinite(s["best_curve"])]) for s in curves])
             ax.plot(grid, interpolated.mean(0), label=f"{LABELS[algo]} (n={len(curves)})")
             if len(curves) > 1:
                 error = interpolated.std(0, ddof=1) / np.sqrt(len(curves))
