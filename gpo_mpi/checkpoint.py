@@ -2,12 +2,15 @@
 
 A checkpoint is the group /checkpoint of the run file: one pickled state per
 rank (its members' networks, optimizers, penalty weights and minibatch
-generators) and one shared state from rank 0 (position in the run,
+generators, and its samplers: environment snapshots, last observations,
+unfinished episodes' returns, action noise generators, the selector's
+episode record) and one shared state from rank 0 (position in the run,
 counters, observation statistics, the return windows, the lengths of every
-growing dataset). Environments are not saved: at every checkpoint each
-sampler restarts from a seed that depends only on the member and the
-iteration, in an uninterrupted run as in a resumed one, so the two go on
-identically.
+growing dataset). A resumed run therefore goes on with the very episodes
+the stopped one was in. Environments that cannot be snapshotted
+(gpo_mpi.snapshot) are restarted instead, at every checkpoint, from a seed
+that depends only on the member and the iteration: then a resumed run goes
+on identically only from a scheduled checkpoint.
 
 Rank 0 writes it with the rows gathered since the last one, into a copy
 of the run file that then replaces the original (`RunFileWriter.commit`),

@@ -159,6 +159,13 @@ class Population:
         except UnusableEnvironment as error:
             message = str(error)
         agree_on_startup(comm, message)
+        # Checkpoints save the environments when every rank can; otherwise they restart them.
+        uncapturable = sum(not lm.sampler.capturable for lm in self.local)
+        self.captures_environments = mpi.allreduce_sum(comm, np.array([float(uncapturable)]))[0] == 0
+        if self.rank == 0 and not self.captures_environments:
+            print(f"gpo-mpi: environment {config.env} cannot be snapshotted, so checkpoints restart its episodes; "
+                  "a resumed run equals the uninterrupted one only if it stopped at a scheduled checkpoint "
+                  "(docs/checkpoints.md)", flush=True)
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
         self.returns = ReturnLog(config.n_policies)
@@ -253,16 +260,18 @@ class Population:
 
     # --------------------------------------------------------- checkpoints
     def restart_samplers(self) -> None:
-        """New episodes everywhere, seeded by member and iteration (see gpo_mpi.checkpoint)."""
+        """New episodes everywhere, seeded by member and iteration: what checkpoints do
+        where the environments cannot be snapshotted (see gpo_mpi.checkpoint)."""
         for lm in self.local:
             lm.sampler.restart(lm.sampler_seed + 7919 * self.iteration)
 
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
         """Save everything needed to go on from (round, step) into the run file."""
-        self.restart_samplers()
-        episodes = [lm.sampler.recorder.finished if lm.sampler.recorder else None for lm in self.local]
+        if not self.captures_environments:
+            self.restart_samplers()
         rank_state = pickle.dumps(dict(members=[checkpoint.member_state(member) for member in self.members],
-                                       episodes=episodes))
+                                       samplers=[lm.sampler.state(self.captures_environments)
+                                                 for lm in self.local]))
         rank_states = self._mpi(mpi.gather_objects, rank_state)
         if self.writer:
             shared = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
@@ -291,15 +300,17 @@ class Population:
         rank_state = pickle.loads(rank_state)
         for member, state in zip(self.members, rank_state["members"]):
             checkpoint.restore_member(member, state)
-        for lm, episodes in zip(self.local, rank_state["episodes"]):
-            if lm.sampler.recorder is not None:
-                lm.sampler.recorder.finished = episodes
+        if "samplers" not in rank_state:
+            raise ConfigError(f"cannot resume: the checkpoint in {self.config.out} is from an older gpo-mpi")
+        for lm, sampler_state in zip(self.local, rank_state["samplers"]):
+            lm.sampler.load_state(sampler_state)
         self.round_index, self.step_in_round = shared["round_index"], shared["step_in_round"]
         self.iteration, self.env_steps = shared["iteration"], shared["env_steps"]
         self.share_sets = shared["share_sets"]
         self.normalizer.load_state(shared["normalizer"])
         self.elapsed_before = shared["elapsed"]
-        self.restart_samplers()
+        if not self.captures_environments:
+            self.restart_samplers()
         if self.rank != 0:
             return None
         for window, values in zip(self.returns.windows, shared["windows"]):

@@ -18,6 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from . import snapshot
 from .networks import GaussianPolicy
 
 
@@ -238,6 +239,14 @@ class EpisodeRecorder:
         finished, self.finished = self.finished, []
         return finished
 
+    def state(self) -> dict:
+        return dict(finished=self.finished, pending=self.pending, pending_length=self.pending_length.copy(),
+                    pending_return=self.pending_return.copy())
+
+    def load_state(self, state: dict) -> None:
+        self.finished, self.pending = state["finished"], state["pending"]
+        self.pending_length, self.pending_return = state["pending_length"].copy(), state["pending_return"].copy()
+
 
 class Sampler:
     """Steps one member's environments with its policy."""
@@ -262,12 +271,37 @@ class Sampler:
     def close(self) -> None:
         self.envs.close()
 
+    @property
+    def capturable(self) -> bool:
+        """Whether `state` can hold the environments (see gpo_mpi.snapshot)."""
+        return all(snapshot.capturable(env) for env in self.envs.envs)
+
+    def state(self, with_environments: bool) -> dict:
+        """What a checkpoint keeps: the episode record and, `with_environments`, everything
+        needed to go on with the same episodes and action noise in another process."""
+        state = dict(recorder=self.recorder.state() if self.recorder else None)
+        if with_environments:
+            state.update(environments=[snapshot.capture(env) for env in self.envs.envs],
+                         raw_obs=self.raw_obs.copy(), action_rng=self.action_rng.bit_generator.state,
+                         running_return=self.running_return.copy(), running_length=self.running_length.copy())
+        return state
+
+    def load_state(self, state: dict) -> None:
+        if self.recorder is not None:
+            self.recorder.load_state(state["recorder"])
+        if "environments" in state:
+            for env, env_state in zip(self.envs.envs, state["environments"], strict=True):
+                snapshot.restore(env, env_state)
+            self.raw_obs = state["raw_obs"].copy()
+            self.action_rng.bit_generator.state = state["action_rng"]
+            self.running_return[:], self.running_length[:] = state["running_return"], state["running_length"]
+
     def restart(self, seed: int) -> None:
         """Start new episodes in every environment, and the action noise, from `seed`.
 
         Unfinished episodes are dropped from the episode record. Afterwards the
-        sampler's state is a function of the seed alone, which is what lets a
-        checkpoint skip saving environment internals.
+        sampler's state is a function of the seed alone: checkpoints of
+        environments that cannot be captured restart them.
         """
         self.raw_obs, _ = self.envs.reset(seed=seed)
         self.action_rng = np.random.default_rng(seed)

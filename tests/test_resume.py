@@ -1,4 +1,6 @@
 """Checkpoints and --resume: a stopped and resumed run ends exactly like an uninterrupted one."""
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -24,41 +26,87 @@ def run_file_contents(path):
     return contents
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    from conftest import PROGRAMS, find_mpiexec  # noqa: F401 (module-scoped runs cannot use the mpirun fixture)
+# The default checkpoint_every (10) with 13 iterations per round: scheduled checkpoints after
+# iterations 10, 23 and 36 and at the two round ends (13, 26), so most stops fall between them.
+# 3 rounds of 13 iterations of 4 x 64 steps, 2 breedings of 4 children x (64 + 2 x 32) steps.
+OFF_GRID = TINY + ["--population", "4", "--rounds", "3", "--expert-steps", "64", "--dagger-iterations", "2",
+                   "--dagger-steps", "32", "--selector-epochs", "2", "--dagger-epochs", "2", "--policy-epochs", "3",
+                   "--critic-epochs", "5", "--total-steps", "11008"]
+OFF_GRID_STEPS = lambda iterations: 256 * iterations + 512 * ((iterations - 1) // 13)  # noqa: E731
+
+
+def run_whole(n_ranks, out):
     import subprocess
-    out = tmp_path_factory.mktemp("whole") / "run.h5"
-    result = subprocess.run([find_mpiexec(), "-n", "2", gpo_mpi_command(), *RESUMABLE, "--out", str(out)],
+    from conftest import find_mpiexec  # module-scoped runs cannot use the mpirun fixture
+    result = subprocess.run([find_mpiexec(), "-n", str(n_ranks), gpo_mpi_command(), *OFF_GRID, "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return run_file_contents(out)
 
 
-# signal after iteration k: noticed after k + 1; mid-round stops at once, a round's last
-# iteration waits for the checkpoint after breeding; k = 0: during start-up, noticed after the first
-@pytest.mark.parametrize("signalled_rank, after_iteration, stopped_at_steps", [
-    (1, 0, 256), (1, 1, 512), (0, 2, 768), (1, 7, 3072)])
-def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterrupted, signalled_rank,
-                                                      after_iteration, stopped_at_steps):
-    out = tmp_path / "run.h5"
-    stopped = mpirun(2, ["interrupt.py", str(signalled_rank), str(after_iteration), *RESUMABLE, "--out", str(out)],
-                     timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return {n_ranks: run_whole(n_ranks, tmp_path_factory.mktemp(f"whole{n_ranks}") / "run.h5") for n_ranks in (2, 4)}
+
+
+def assert_same_run(contents, expected):
+    assert sorted(contents) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(contents[name], value, err_msg=name)  # bit for bit
+
+
+def stop(mpirun, n_ranks, out, signalled_rank, signal_at, resume=False):
+    """Run (or resume) until a SIGUSR1 to one rank (see mpi_programs/interrupt.py) stops it; returns its last
+    recorded iteration."""
+    stopped = mpirun(n_ranks, ["interrupt.py", str(signalled_rank), str(signal_at), *OFF_GRID, "--out", str(out),
+                               *(["--resume"] if resume else [])], timeout=300)
     assert stopped.returncode == 3, stopped.stderr
     assert "stopped by a signal; checkpoint written" in stopped.stderr
     with h5py.File(out) as run_file:
         assert "final" not in run_file and "checkpoint" in run_file
-        assert run_file["iterations/env_steps"][-1] == stopped_at_steps
-    resumed = mpirun(2, [gpo_mpi_command(), *RESUMABLE, "--out", str(out), "--resume"], timeout=300)
+        return len(run_file["iterations/env_steps"])
+
+
+# A signal after iteration k is noticed after iteration k + 1; one in a round's last iteration or
+# during breeding waits for the checkpoint after breeding.
+@pytest.mark.parametrize("n_ranks, signalled_rank, signal_at, stopped_after", [
+    (2, 1, 0, 1),  # during start-up
+    (2, 1, 4, 5),  # mid-round
+    (2, 0, 10, 11),  # just after the scheduled checkpoint of iteration 10
+    (2, 1, 12, 13),  # a round's last iteration: stops after breeding
+    (2, 0, "c", 14),  # during breeding: noticed in the next round's first iteration
+    (2, 1, 30, 31),  # the last round
+    (4, 3, 4, 5),
+    (4, 1, "c", 14),
+])
+def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterrupted, n_ranks, signalled_rank,
+                                                      signal_at, stopped_after):
+    out = tmp_path / "run.h5"
+    assert stop(mpirun, n_ranks, out, signalled_rank, signal_at) == stopped_after
+    with h5py.File(out) as run_file:
+        assert run_file["iterations/env_steps"][-1] == OFF_GRID_STEPS(stopped_after)
+    resumed = mpirun(n_ranks, [gpo_mpi_command(), *OFF_GRID, "--out", str(out), "--resume"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
-    contents = run_file_contents(out)
-    assert sorted(contents) == sorted(uninterrupted)
-    for name, value in uninterrupted.items():
-        np.testing.assert_array_equal(contents[name], value, err_msg=name)
+    assert_same_run(run_file_contents(out), uninterrupted[n_ranks])
 
 
-def test_resume_refuses_files_that_do_not_fit(mpirun, tmp_path, uninterrupted):
+def test_a_run_stopped_and_resumed_five_times_equals_uninterrupted(mpirun, tmp_path, uninterrupted):
+    out = tmp_path / "run.h5"
+    rng = np.random.default_rng(2026)
+    stops = np.sort(rng.choice(np.arange(1, 38), size=5, replace=False))
+    done = 0
+    for count, signal_at in enumerate(stops):
+        signal_at = max(int(signal_at), done + 1)  # a stop after breeding may have passed it already
+        if signal_at >= 38:
+            break
+        done = stop(mpirun, 2, out, int(rng.integers(2)), signal_at, resume=count > 0)
+    resumed = mpirun(2, [gpo_mpi_command(), *OFF_GRID, "--out", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(out), uninterrupted[2])
+
+
+def test_resume_refuses_files_that_do_not_fit(mpirun, tmp_path):
     bad = tmp_path / "text.h5"
     bad.write_text("not an HDF5 file")
     cases = [
@@ -207,21 +255,15 @@ def test_resume_refuses_foreign_and_damaged_run_files(tmp_path):
         checkpoint.read(str(truncated), config, 1)
 
 
-def test_four_ranks_stopped_and_requeued_by_slurm_resume_exactly(mpirun, tmp_path):
-    """Population 4 on 4 ranks; the second start only says SLURM restarted the job."""
-    whole, stopped_file = tmp_path / "whole.h5", tmp_path / "stopped.h5"
-    result = mpirun(4, [gpo_mpi_command(), *RESUMABLE, "--out", str(whole)], timeout=300)
-    assert result.returncode == 0, result.stderr
-    stopped = mpirun(4, ["interrupt.py", "3", "4", *RESUMABLE, "--out", str(stopped_file)], timeout=300)
-    assert stopped.returncode == 3, stopped.stderr
-    requeued = mpirun(4, [gpo_mpi_command(), *RESUMABLE, "--out", str(stopped_file)], timeout=300,
+def test_four_ranks_stopped_and_requeued_by_slurm_resume_exactly(mpirun, tmp_path, uninterrupted):
+    """Population 4 on 4 ranks, stopped mid-round; the second start only says SLURM restarted the job."""
+    out = tmp_path / "stopped.h5"
+    assert stop(mpirun, 4, out, 3, 17) == 18
+    requeued = mpirun(4, [gpo_mpi_command(), *OFF_GRID, "--out", str(out)], timeout=300,
                       env={"SLURM_RESTART_COUNT": "1"})
     assert requeued.returncode == 0, requeued.stderr
     assert "resuming" in requeued.stdout
-    expected, got = run_file_contents(whole), run_file_contents(stopped_file)
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_same_run(run_file_contents(out), uninterrupted[4])
 
 
 def tensorboard_scalars(log_dir):
@@ -257,3 +299,25 @@ def test_tensorboard_scalars_follow_the_run_file_through_a_resume(mpirun, tmp_pa
     sharing_steps, mean_set_sizes = scalars["sharing/mean_share_set_size"]
     assert sharing_steps == steps.tolist()
     np.testing.assert_allclose(mean_set_sizes, set_sizes, rtol=1e-6)
+
+
+USER_ENV_RUN = TINY + ["--algo", "single", "--population", "2", "--total-steps", "1664"]  # 13 iterations
+
+
+@pytest.mark.parametrize("env, checkpoint_every, captured", [("user_envs:CapturedReachTarget", 10, True),
+                                                             ("user_envs:ReachTarget", 5, False)])
+def test_user_environments_resume_exactly_when_captured_and_from_scheduled_checkpoints_otherwise(
+        mpirun, tmp_path, env, checkpoint_every, captured):
+    """Stopped after iteration 5: off the grid of 10 for the environment with the snapshot protocol,
+    on the grid of 5 for the one without, which restarts its episodes at every checkpoint."""
+    arguments = [*USER_ENV_RUN, "--env", env, "--checkpoint-every", str(checkpoint_every)]
+    user_envs = {"PYTHONPATH": str(Path(__file__).parent)}
+    whole = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(tmp_path / "whole.h5")], env=user_envs)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.count("cannot be snapshotted") == (0 if captured else 1)
+    out = tmp_path / "stopped.h5"
+    stopped = mpirun(2, ["interrupt.py", "1", "4", *arguments, "--out", str(out)], env=user_envs)
+    assert stopped.returncode == 3, stopped.stderr
+    resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(out), "--resume"], env=user_envs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(out), run_file_contents(tmp_path / "whole.h5"))

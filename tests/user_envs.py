@@ -33,3 +33,14 @@ class FailsOnRank(ReachTarget):
         if MPI.COMM_WORLD.Get_rank() == rank:
             raise ValueError(f"no simulator library on the node of rank {rank}")
         super().__init__()
+
+
+class CapturedReachTarget(ReachTarget):
+    """ReachTarget with gpo-mpi's snapshot protocol, so checkpoints keep its episodes."""
+
+    def gpo_get_state(self):
+        return dict(position=self.position.copy(), steps=self.steps, rng=self.np_random.bit_generator.state)
+
+    def gpo_set_state(self, state):
+        self.position, self.steps = state["position"].copy(), state["steps"]
+        self.np_random.bit_generator.state = state["rng"]
