@@ -65,7 +65,8 @@ def main() -> None:
         parents_file = Path("runs/crossover-parents.h5")
         parents_file.parent.mkdir(exist_ok=True)
         command = ["mpiexec", "-n", "2", "gpo-mpi", "--algo", "single", "--population", "8", "--env", args.env,
-                   "--total-steps", str(args.train_steps), "--seed", str(args.seed), "--out", str(parents_file)]
+                   "--total-steps", str(args.train_steps), "--seed", str(args.seed), "--out", str(parents_file),
+                   "--overwrite"]
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 

@@ -75,9 +75,15 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action=_VersionAction, help="print the version, kernel backend, MPI library and torch threads"
     )
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint (automatic when SLURM restarts "
-                             "a job whose run file exists)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="continue the run in --out from its last checkpoint (automatic when SLURM restarts "
+                               "a job whose run file exists)")
+    existing.add_argument("--resume-if-exists", action="store_true",
+                          help="--resume if --out exists, else start the run (what the SLURM scripts in jobs/ pass)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="start a new run even if --out exists, replacing that file (without it, an existing "
+                               "--out stops gpo-mpi before anything is written)")
     config.add_arguments(parser)
     return parser
 
@@ -88,10 +94,18 @@ EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --r
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
 
 
-def should_resume(asked: bool, run_file: str) -> bool:
-    """--resume, or a job that SLURM restarted (requeued) with its run file in place."""
+def should_resume(parsed: argparse.Namespace, run_file: str) -> bool:
+    """--resume; or a run file in place with --resume-if-exists, or in a job that SLURM restarted (requeued).
+
+    Raises ConfigError where a new run would replace an existing file without --overwrite."""
     restarted = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    return asked or (restarted and os.path.exists(run_file))
+    exists = os.path.lexists(run_file)
+    if parsed.resume or (exists and (restarted or parsed.resume_if_exists)):
+        return True
+    if exists and not parsed.overwrite:
+        raise config.ConfigError(f"--out {run_file} already exists: continue its run with --resume, or start "
+                                 "a new one over it with --overwrite (or choose another --out)")
+    return False
 
 
 class _EarlySignals:
@@ -143,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_config = config.from_arguments(parsed, comm.Get_size())
             check_output_file(run_config.out, "--out")
+            resume = should_resume(parsed, run_config.out)
         except config.ConfigError as error:
             message = str(error)
         agree_on_startup(comm, message)
-        completed = run(run_config, comm, resume=should_resume(parsed.resume, run_config.out),
-                        signalled_before_start=lambda: early_signals.received)
+        completed = run(run_config, comm, resume=resume, signalled_before_start=lambda: early_signals.received)
     except (config.ConfigError, UnusableEnvironment) as error:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -48,13 +49,13 @@ class RunConfig:
     """GPO rounds (mutate, then select and crossover but after the last); mutation steps are split evenly over them."""
     seed: int = 0
     """Seed of everything random: member i uses seed + 1000 * i for its networks, noise and environments."""
-    out: str = "run.h5"
-    """Path of the HDF5 run file written by rank 0."""
+    out: str = ""
+    """Path of the HDF5 run file written by rank 0 (empty: ENV-ALGO-sSEED.h5 in the working directory). An existing file is never replaced unless asked (--resume, --overwrite)."""
 
     tensorboard: str = ""
     """Directory for TensorBoard scalars from rank 0 (empty: none); needs `pip install 'gpo-mpi[tensorboard]'`."""
     checkpoint_every: int = 10
-    """Iterations between checkpoints inside a round (0: only at round ends). A checkpoint restarts every environment."""
+    """Iterations between checkpoints inside a round (0: only at round ends). A stop signal writes one at once; a resume goes on exactly (docs/checkpoints.md)."""
 
     # ------------------------------------------------------------ environment
     n_envs: int = 4
@@ -389,7 +390,16 @@ def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
         values["population"] = n_ranks
     config = RunConfig(**values)
     config.validate(n_ranks)
+    if not config.out:
+        config = dataclasses.replace(config, out=default_run_file(config))
     return config
+
+
+def default_run_file(config: RunConfig) -> str:
+    """ENV-ALGO-sSEED.h5, e.g. Hopper-v5-gpo-s0.h5 (characters other than letters, digits, '.', '_' and
+    '-' in the environment's name become '_'), so that runs in one directory do not share a file."""
+    env = re.sub(r"[^A-Za-z0-9._-]", "_", config.env)
+    return f"{env}-{config.algo}-s{config.seed}.h5"
 
 
 def to_dict(config: RunConfig) -> dict:

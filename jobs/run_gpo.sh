@@ -9,7 +9,10 @@
 # gpo-mpi stopped after a checkpoint (exit code 3) for any reason but a
 # cancellation, and returns gpo-mpi's exit code. A requeued job runs the same
 # command again with SLURM_RESTART_COUNT > 0, and gpo-mpi then resumes from
-# the checkpoint in its --out file by itself.
+# the checkpoint in its --out file by itself. Unless the options say
+# --resume or --overwrite, run_gpo adds --resume-if-exists: a job submitted
+# again after it stopped (or ran out of time) continues its run file instead
+# of failing on it, and one whose run is complete ends at once with exit 2.
 #
 # The signals: SLURM's `--signal=B:USR1@300` (in every script here) sends
 # SIGUSR1 to this batch shell only, 300 to 330 s before the time limit
@@ -75,7 +78,11 @@ trap '_gpo_forward TERM' TERM
 trap '_gpo_forward INT' INT
 
 run_gpo() {
-  local launcher code
+  local launcher code option chosen=""
+  for option in "$@"; do
+    case "$option" in --resume|--overwrite|--resume-if-exists) chosen=1 ;; esac
+  done
+  [ -n "$chosen" ] || set -- "$@" --resume-if-exists
   if [ -n "${GPO_LAUNCHER:-}" ]; then
     eval "launcher=($GPO_LAUNCHER)"
   else

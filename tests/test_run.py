@@ -152,13 +152,54 @@ def test_bad_input_is_one_line_from_one_rank(mpirun, tmp_path, arguments, messag
 def test_a_bad_run_file_path_is_one_line_and_writes_nothing(mpirun, tmp_path, out, message):
     (tmp_path / "somefile").write_bytes(b"kept as it is")
     (tmp_path / "somedir").mkdir()
-    before = sorted((str(p), p.is_dir() or p.read_bytes()) for p in tmp_path.rglob("*"))
-    result = mpirun(2, [gpo_mpi_command(), *TINY, "--algo", "single", "--population", "2", "--total-steps", "256",
-                        "--out", out.replace("TMP", str(tmp_path))], timeout=120)
+    before = directory_listing(tmp_path)
+    result = mpirun(2, [gpo_mpi_command(), *SMALL_RUN, "--out", out.replace("TMP", str(tmp_path))], timeout=120)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert errors[0].startswith("gpo-mpi: error: ") and message.replace("TMP", str(tmp_path)) in errors[0], errors
-    assert sorted((str(p), p.is_dir() or p.read_bytes()) for p in tmp_path.rglob("*")) == before
+    assert directory_listing(tmp_path) == before
+
+
+def directory_listing(directory: Path) -> list:
+    """Every path under `directory` with its bytes (True for directories)."""
+    return sorted((str(p), p.is_dir() or p.read_bytes()) for p in directory.rglob("*"))
+
+
+SMALL_RUN = [*TINY, "--algo", "single", "--population", "2", "--total-steps", "256"]
+
+
+@pytest.mark.parametrize("n_ranks", [1, 2])
+def test_an_existing_run_file_is_replaced_only_with_overwrite(mpirun, tmp_path, n_ranks):
+    out = tmp_path / "run.h5"
+    first = mpirun(n_ranks, [gpo_mpi_command(), *SMALL_RUN, "--out", str(out)])
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "notes.txt").write_text("not a run file")
+    before = directory_listing(tmp_path)
+    for existing in (out, tmp_path / "notes.txt"):  # a complete run, and any other file
+        again = mpirun(n_ranks, [gpo_mpi_command(), *SMALL_RUN, "--seed", "1", "--out", str(existing)])
+        errors = [line for line in again.stderr.splitlines() if line.strip()]
+        assert again.returncode == 2 and len(errors) == 1, again.stderr
+        assert errors[0].startswith(f"gpo-mpi: error: --out {existing} already exists: continue its run with "
+                                    "--resume, or start a new one over it with --overwrite (or choose another --out)")
+        assert directory_listing(tmp_path) == before  # byte for byte, and no stray file
+    replaced = mpirun(n_ranks, [gpo_mpi_command(), *SMALL_RUN, "--seed", "1", "--out", str(out), "--overwrite"])
+    assert replaced.returncode == 0, replaced.stderr
+    with h5py.File(out) as run_file:
+        assert json.loads(run_file.attrs["config"])["seed"] == 1 and "final" in run_file
+
+
+def test_resume_if_exists_starts_a_missing_run_and_the_default_run_file_names_the_run(mpirun, tmp_path):
+    from conftest import find_mpiexec
+    command = [find_mpiexec(), "-n", "2", gpo_mpi_command(), *SMALL_RUN, "--env", "Pendulum-v1", "--seed", "3",
+               "--resume-if-exists"]
+    started = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["Pendulum-v1-single-s3.h5"]
+    before = directory_listing(tmp_path)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "cannot resume: the run in Pendulum-v1-single-s3.h5 is already complete" \
+        in again.stderr
+    assert directory_listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("n_ranks, failing_rank", [(2, 1), (4, 3), (4, 0)])

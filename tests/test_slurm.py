@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_resume import RESUMABLE, run_file_contents
+from test_resume import OFF_GRID, RESUMABLE, assert_same_run, run_file_contents
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -37,8 +37,8 @@ MISSING = [tool for tool in ("sbatch", "srun", "scontrol", "scancel", "slurmctld
 needs_slurm = pytest.mark.skipif(bool(MISSING), reason=f"SLURM tests need slurm-wlm and munge (missing: "
                                  f"{', '.join(MISSING)}); install them with: apt-get install -y slurm-wlm munge")
 
-# RESUMABLE with 3 rounds of 7 iterations instead of 3: time to signal the job while it runs
-LONGER = [a if a != "3328" else "6400" for a in RESUMABLE]
+# 3 rounds of 13 iterations at the default checkpoint_every: stops fall between scheduled checkpoints
+LONGER = OFF_GRID
 DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                "DEADLINE", "PREEMPTED"}
 
@@ -109,6 +109,16 @@ def wait_done(env, job_id, timeout, n_tasks=1, logs=()):
     return wait_until(env, job_id, all_done, timeout, "end", logs)
 
 
+def wait_for_progress(env, job_id, log, iteration, timeout=90):
+    """Until gpo-mpi's progress line of `iteration` is in the job's log: it runs, its handlers are in place."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and f"iter {iteration:4d}/" in log.read_text()):
+        if time.monotonic() > deadline:
+            cancel(env, job_id)
+            pytest.fail(f"job {job_id} made no progress in {timeout} s\n{describe(env, job_id, [log])}")
+        time.sleep(0.2)
+
+
 def run_file_rows(path) -> int:
     """Iterations in a run file that a job may be replacing right now (0 while there is none)."""
     try:
@@ -138,12 +148,12 @@ def test_gpo_sbatch_runs_to_the_end_with_srun_as_one_mpi_world(completed_job):
     assert record["StdOut"] == str(log)  # %x-%j.out in the job's working directory
     text = log.read_text()
     assert "srun --mpi=pmi2 --cpus-per-task=1 gpo-mpi" in text
-    assert "iter   21/21 | round  3 | steps      6,400 |" in text  # gpo-mpi's progress lines
+    assert "iter   39/39 | round  3 | steps     11,008 |" in text  # gpo-mpi's progress lines
     assert "round 3/3 done" in text and "gpo-mpi exited with code 0" in text
     with h5py.File(out) as run_file:
         assert "final" in run_file and "checkpoint" in run_file
         assert run_file.attrs["n_ranks"] == 2  # both srun tasks in one MPI world (PMI2)
-        assert run_file["iterations/env_steps"][-1] == 6400
+        assert run_file["iterations/env_steps"][-1] == 11008
 
 
 @needs_slurm
@@ -153,12 +163,7 @@ def test_a_signalled_job_checkpoints_requeues_itself_and_resumes_exactly(slurm_e
     job_id = sbatch(slurm_env, ["--ntasks=2", str(ROOT / "jobs" / "gpo.sbatch"), *LONGER, "--out", str(out)],
                     cwd=tmp_path, extra_env={"GPO_JOBS_DIR": str(ROOT / "jobs")})
     log = tmp_path / f"gpo-{job_id}.out"
-    deadline = time.monotonic() + 90
-    while run_file_rows(out) < 2:  # two iterations checkpointed: gpo-mpi runs, its handlers are in place
-        if time.monotonic() > deadline:
-            cancel(slurm_env, job_id)
-            pytest.fail(f"job {job_id} made no progress in 90 s\n{describe(slurm_env, job_id, [log])}")
-        time.sleep(0.5)
+    wait_for_progress(slurm_env, job_id, log, 3)  # the stop then falls between scheduled checkpoints
     # What --signal=B:USR1@... does before the time limit: SIGUSR1 to the batch shell only.
     signalled = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], env=slurm_env, capture_output=True,
                                text=True, timeout=30)
@@ -179,10 +184,34 @@ def test_a_signalled_job_checkpoints_requeues_itself_and_resumes_exactly(slurm_e
         assert expected in text, f"{expected!r} not in the log:\n{text}"
     assert text.count(f"job {job_id}, restart ") == 2
     _, _, whole, _ = completed_job
-    expected, got = run_file_contents(whole), run_file_contents(out)
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_same_run(run_file_contents(out), run_file_contents(whole))
+
+
+@needs_slurm
+def test_a_job_submitted_again_resumes_its_run_and_a_complete_run_is_left_alone(slurm_env, completed_job,
+                                                                                 tmp_path):
+    """No requeue (GPO_REQUEUE=0), so the stopped job ends; the user submits the same command again."""
+    out = tmp_path / "run.h5"
+    command = ["--ntasks=2", f"--chdir={tmp_path}", str(ROOT / "jobs" / "gpo.sbatch"), *LONGER, "--out", str(out)]
+    extra_env = {"GPO_JOBS_DIR": str(ROOT / "jobs"), "GPO_REQUEUE": "0"}
+    first = sbatch(slurm_env, command, extra_env=extra_env)
+    wait_for_progress(slurm_env, first, tmp_path / f"gpo-{first}.out", 3)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", first], env=slurm_env, capture_output=True, timeout=30)
+    [record] = wait_done(slurm_env, first, timeout=90, logs=[tmp_path / f"gpo-{first}.out"])
+    assert (record["ExitCode"], record["Restarts"]) == ("3:0", "0"), record
+    second = sbatch(slurm_env, command, extra_env=extra_env)
+    log = tmp_path / f"gpo-{second}.out"
+    [record] = wait_done(slurm_env, second, timeout=150, logs=[log])
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), record
+    assert "--resume-if-exists" in log.read_text() and "resuming " in log.read_text()
+    _, _, whole, _ = completed_job
+    assert_same_run(run_file_contents(out), run_file_contents(whole))
+    before = out.read_bytes()
+    third = sbatch(slurm_env, command, extra_env=extra_env)
+    [record] = wait_done(slurm_env, third, timeout=90, logs=[tmp_path / f"gpo-{third}.out"])
+    assert record["ExitCode"] == "2:0", record
+    assert "cannot resume: the run in" in (tmp_path / f"gpo-{third}.out").read_text()
+    assert out.read_bytes() == before
 
 
 @needs_slurm
@@ -223,7 +252,7 @@ def test_array_jobs_name_their_run_files_and_logs_after_the_task(slurm_env, tmp_
 def test_the_time_limit_warning_requeues_the_job_and_scancel_ends_it_for_good(slurm_env, tmp_path):
     """The real thing: --time=2 --signal=B:USR1@75; then a user's scancel, which must not requeue."""
     out = tmp_path / "run.h5"
-    endless = [a if a != "3328" else "77824" for a in RESUMABLE]  # 3 rounds of 100 iterations: never done here
+    endless = [a if a != "11008" else "77824" for a in LONGER]  # 3 rounds of 100 iterations: never done here
     job_id = sbatch(slurm_env, ["--ntasks=2", "--time=2", "--signal=B:USR1@75", f"--chdir={tmp_path}",
                                 "jobs/gpo.sbatch", *endless, "--out", str(out)])
     log = tmp_path / f"gpo-{job_id}.out"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from test_cli import gpo_mpi_command
-from test_run import TINY
+from test_run import TINY, directory_listing
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +85,6 @@ def test_tools_refuse_bad_input_in_one_line(finished_run, arguments, message):
     assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
 
 
-def directory_state(root):
-    """Every path under root with its bytes (None for directories)."""
-    return {str(path.relative_to(root)): None if path.is_dir() else path.read_bytes()
-            for path in sorted(root.rglob("*"))}
-
-
 @pytest.mark.parametrize("arguments, message", [
     (["export", "RUN", "-o", "TMP/nodir/policy.pt"],
      "export -o TMP/nodir/policy.pt: the directory TMP/nodir does not exist"),
@@ -104,12 +98,12 @@ def directory_state(root):
 def test_bad_output_paths_are_one_line_and_change_nothing(finished_run, tmp_path, arguments, message):
     (tmp_path / "somefile").write_bytes(b"kept as it is")
     (tmp_path / "somedir").mkdir()
-    before = directory_state(tmp_path)
+    before = directory_listing(tmp_path)
     result = tool(*[finished_run if a == "RUN" else a.replace("TMP", str(tmp_path)) for a in arguments])
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     message = message.replace("TMP", str(tmp_path))
     assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
-    assert directory_state(tmp_path) == before
+    assert directory_listing(tmp_path) == before
 
 
 def test_a_closed_pipe_ends_a_tool_quietly(finished_run):
