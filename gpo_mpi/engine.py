@@ -195,7 +195,8 @@ class Population:
         """This rank's member slots: networks and samplers (Joint: sampler slots of its one policy)."""
         config = self.config
         per_rank = config.local_members(self.n_ranks)
-        slots = [self.rank * per_rank + k for k in range(per_rank)]
+        self.first_slot = self.rank * per_rank
+        slots = [self.first_slot + k for k in range(per_rank)]
         if self.joint:  # one policy, the same initial weights on every rank
             joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
             members = [joint_member] * per_rank
@@ -241,11 +242,15 @@ class Population:
                     self.measure_sharing(round_index, step)
                 stats = self.update_members()
                 # One Allreduce carries the observation sums and whether any rank got a stop signal.
-                raw_obs = np.concatenate([raw for _, raw in sampled])
-                sums = np.append(ObsNormalizer.sums(raw_obs), float(self.stop_requested))
-                totals = self._mpi(mpi.allreduce_sum, sums)
-                self.normalizer.update_from_sums(totals[:-1])
-                self.stop_agreed = totals[-1] > 0
+                # Each slot's sums have a row of their own, to which the Allreduce adds only zeros: the
+                # statistics come out bit for bit the same however the slots are spread over the ranks.
+                table = np.zeros((config.population + 1, 2 * self.obs_dim + 1))
+                for slot, (_, raw_obs) in enumerate(sampled, start=self.first_slot):
+                    table[slot] = ObsNormalizer.sums(raw_obs)
+                table[-1, 0] = float(self.stop_requested)
+                totals = self._mpi(mpi.allreduce_sum, table.ravel()).reshape(table.shape)
+                self.normalizer.update_from_sums(totals[:-1].sum(axis=0))
+                self.stop_agreed = totals[-1, 0] > 0
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
                 self.record_iteration(round_index, stats)
@@ -259,10 +264,10 @@ class Population:
         return True
 
     # --------------------------------------------------------- checkpoints
-    def restart_samplers(self) -> None:
-        """New episodes everywhere, seeded by member and iteration: what checkpoints do
-        where the environments cannot be snapshotted (see gpo_mpi.checkpoint)."""
-        for lm in self.local:
+    def restart_samplers(self, slots: list[LocalMember] | None = None) -> None:
+        """New episodes in these slots' environments (default: all), seeded by slot and iteration: for
+        a newborn child, and at checkpoints where the environments cannot be snapshotted."""
+        for lm in self.local if slots is None else slots:
             lm.sampler.restart(lm.sampler_seed + 7919 * self.iteration)
 
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
@@ -335,8 +340,8 @@ class Population:
             median_kl = float(np.median(kl[~np.eye(len(kl), dtype=bool)]))
             print(f"round {round_index + 1}/{config.n_rounds}: data sharing |S_i| = {set_sizes}, "
                   f"median KL between members {median_kl:.3g}", flush=True)
-            if self.scalars:
-                self.scalars.sharing(self.env_steps, median_kl, np.mean(set_sizes))
+            if self.scalars:  # at the step of this iteration's other scalars, which is past any checkpoint
+                self.scalars.sharing(self.env_steps + config.steps_per_iteration, median_kl, np.mean(set_sizes))
 
     def update_members(self) -> list:
         """One policy-gradient iteration of every local policy; returns their statistics (self.members order)."""
@@ -559,6 +564,7 @@ class Population:
             sampler.close()
             diagnostics = (record.selector_loss, record.imitation_loss, record.second_parent_share)
         lm.member = member
+        self.restart_samplers([lm])  # its first episodes are its own (the child return recorded)
         return diagnostics
 
     # ------------------------------------------------------------- record

@@ -275,10 +275,16 @@ def tensorboard_scalars(log_dir):
 
 
 def test_tensorboard_scalars_follow_the_run_file_through_a_resume(mpirun, tmp_path):
+    """Killed outright 4 iterations after the round-end checkpoint of iteration 13, with the events of
+    iterations 14 to 17 on disk: the resumed run logs them again, and purges the first copies."""
     out, log_dir = tmp_path / "run.h5", tmp_path / "tb"
-    arguments = [*RESUMABLE, "--out", str(out), "--tensorboard", str(log_dir)]
-    stopped = mpirun(2, ["interrupt.py", "1", "4", *arguments], timeout=300)
-    assert stopped.returncode == 3, stopped.stderr
+    arguments = [*OFF_GRID, "--out", str(out), "--tensorboard", str(log_dir)]
+    killed = mpirun(2, ["killed_after.py", "17", *arguments], timeout=300)
+    assert killed.returncode != 0
+    before_resume = tensorboard_scalars(log_dir)["return/best_member"][0]
+    assert before_resume[-1] == OFF_GRID_STEPS(17)  # events past the checkpoint were written
+    with h5py.File(out) as run_file:
+        assert run_file["iterations/env_steps"][-1] == OFF_GRID_STEPS(13)
     resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--resume"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     scalars = tensorboard_scalars(log_dir)
