@@ -1,4 +1,6 @@
 """Checkpoints and --resume: a stopped and resumed run ends exactly like an uninterrupted one."""
+import json
+import os
 from pathlib import Path
 
 import h5py
@@ -35,10 +37,11 @@ OFF_GRID = TINY + ["--population", "4", "--rounds", "3", "--expert-steps", "64",
 OFF_GRID_STEPS = lambda iterations: 256 * iterations + 512 * ((iterations - 1) // 13)  # noqa: E731
 
 
-def run_whole(n_ranks, out):
+def run_whole_with(arguments, out, n_ranks=2):
+    """The run file contents of an uninterrupted run."""
     import subprocess
     from conftest import find_mpiexec  # module-scoped runs cannot use the mpirun fixture
-    result = subprocess.run([find_mpiexec(), "-n", str(n_ranks), gpo_mpi_command(), *OFF_GRID, "--out", str(out)],
+    result = subprocess.run([find_mpiexec(), "-n", str(n_ranks), gpo_mpi_command(), *arguments, "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return run_file_contents(out)
@@ -46,7 +49,8 @@ def run_whole(n_ranks, out):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return {n_ranks: run_whole(n_ranks, tmp_path_factory.mktemp(f"whole{n_ranks}") / "run.h5") for n_ranks in (2, 4)}
+    return {n_ranks: run_whole_with(OFF_GRID, tmp_path_factory.mktemp(f"whole{n_ranks}") / "run.h5", n_ranks)
+            for n_ranks in (2, 4)}
 
 
 def assert_same_run(contents, expected):
@@ -161,13 +165,13 @@ def test_non_finite_observations_end_the_job_and_keep_the_checkpoint(mpirun, tmp
     with h5py.File(out) as run_file:
         steps = run_file["iterations/env_steps"][()]
         config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in __import__("json").loads(run_file.attrs["config"]).items()})
+                              for k, v in json.loads(run_file.attrs["config"]).items()})
     shared, _ = checkpoint.read(str(out), config, 2)
     assert steps[-1] in (3 * 64, 4 * 64) and shared["iteration"] == len(steps) and shared["env_steps"] == steps[-1]
 
 
 def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
-    import os
+    """Rank 1 (not the writer) killed: the job ends within seconds, and the run resumes to its end."""
     import signal
     import subprocess
     import time
@@ -178,23 +182,10 @@ def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                with h5py.File(out, "r", locking=False) as run_file:
-                    if "checkpoint" in run_file and len(run_file["iterations/env_steps"]) >= 2:
-                        break
-            except (OSError, KeyError):
-                continue
-        ranks = []
-        for pid in os.listdir("/proc"):
-            try:
-                command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            except OSError:
-                continue
-            if str(out).encode() in command and b"python" in command[0] and int(pid) != job.pid:
-                ranks.append(int(pid))
-        assert len(ranks) == 2, ranks
+        while run_file_rows(out) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ranks = rank_pids(out)
+        assert sorted(ranks) == [0, 1], ranks
         killed_at = time.monotonic()
         os.kill(ranks[1], signal.SIGKILL)
         job.wait(timeout=60)
@@ -207,6 +198,74 @@ def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(out) as run_file:
         assert run_file["iterations/env_steps"][-1] == 9472 and "final" in run_file
+
+
+def run_file_rows(path) -> int:
+    """Iterations in a run file that a job may be replacing right now (0 while there is none)."""
+    try:
+        with h5py.File(path, "r", locking=False) as run_file:
+            return len(run_file["iterations/env_steps"])
+    except (OSError, KeyError):
+        return 0
+
+
+def rank_pids(out) -> dict[int, int]:
+    """{rank: pid} of the gpo-mpi processes writing `out` (MPICH's launcher gives each its PMI_RANK)."""
+    ranks = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            environment = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        rank = [v for v in environment if v.startswith(b"PMI_RANK=")]
+        if str(out).encode() in command and b"python" in command[0] and rank:
+            ranks[int(rank[0].split(b"=")[1])] = int(pid)
+    return ranks
+
+
+def test_the_writing_rank_killed_at_random_moments_leaves_a_run_that_resumes_exactly(tmp_path):
+    """Rank 0 writes the run file at every iteration (copy, write, rename); SIGKILL at random moments,
+    3 times: each time the file is readable with its checkpoint, and the resumed run ends exactly as
+    the uninterrupted one."""
+    import signal
+    import subprocess
+    import time
+    from conftest import find_mpiexec
+    from gpo_mpi import checkpoint
+    from gpo_mpi.config import RunConfig
+    arguments = [*OFF_GRID, "--checkpoint-every", "1"]
+    whole = run_whole_with(arguments, tmp_path / "whole.h5")
+    out = tmp_path / "killed.h5"
+    rng = np.random.default_rng(7)
+    rows_before = 0
+    for kill in range(3):
+        job = subprocess.Popen([find_mpiexec(), "-n", "2", gpo_mpi_command(), *arguments, "--out", str(out),
+                                *(["--resume"] if kill else [])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while run_file_rows(out) <= rows_before and time.monotonic() < deadline:  # running and writing
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 2.0))  # a random moment; the run spends much of its time writing
+            os.kill(rank_pids(out)[0], signal.SIGKILL)
+            job.wait(timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode != 0
+        with h5py.File(out) as run_file:
+            config = RunConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in json.loads(run_file.attrs["config"]).items()})
+            rows = len(run_file["iterations/env_steps"])
+            assert "final" not in run_file
+        shared, _ = checkpoint.read(str(out), config, 2)  # whole, with its checkpoint
+        assert shared["iteration"] == rows > rows_before
+        rows_before = rows
+    resumed = subprocess.run([find_mpiexec(), "-n", "2", gpo_mpi_command(), *arguments, "--out", str(out),
+                              "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(out), whole)
 
 
 def test_a_checkpoint_write_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):

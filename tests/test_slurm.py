@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from test_resume import OFF_GRID, RESUMABLE, assert_same_run, run_file_contents
+from test_resume import OFF_GRID, RESUMABLE, assert_same_run, run_file_contents, run_file_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -117,15 +117,6 @@ def wait_for_progress(env, job_id, log, iteration, timeout=90):
             cancel(env, job_id)
             pytest.fail(f"job {job_id} made no progress in {timeout} s\n{describe(env, job_id, [log])}")
         time.sleep(0.2)
-
-
-def run_file_rows(path) -> int:
-    """Iterations in a run file that a job may be replacing right now (0 while there is none)."""
-    try:
-        with h5py.File(path, "r", locking=False) as run_file:
-            return len(run_file["iterations/env_steps"])
-    except (OSError, KeyError):
-        return 0
 
 
 @pytest.fixture(scope="module")
