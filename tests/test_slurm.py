@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 
 from test_resume import OFF_GRID, RESUMABLE, assert_same_run, run_file_contents, run_file_rows
