@@ -96,7 +96,7 @@ def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]
             group = run_file[GROUP]
             shared = pickle.loads(group["shared"][()].tobytes())
             rank_states = [group[f"rank{rank}"][()].tobytes() for rank in range(n_ranks)]
-        except (KeyError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        except Exception as error:  # damaged bytes can fail in any way while unpickled
             raise ConfigError(f"cannot resume: the checkpoint in {path} is damaged ({error})") from None
     return shared, rank_states
 

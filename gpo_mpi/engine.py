@@ -301,14 +301,20 @@ class Population:
         if error:
             raise ConfigError(error)
         shared = self._mpi(mpi.bcast_object, loaded[0] if loaded else None)
-        rank_state = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
-        rank_state = pickle.loads(rank_state)
-        for member, state in zip(self.members, rank_state["members"]):
-            checkpoint.restore_member(member, state)
-        if "samplers" not in rank_state:
-            raise ConfigError(f"cannot resume: the checkpoint in {self.config.out} is from an older gpo-mpi")
-        for lm, sampler_state in zip(self.local, rank_state["samplers"]):
-            lm.sampler.load_state(sampler_state)
+        rank_blob = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
+        message = None
+        try:
+            rank_state = pickle.loads(rank_blob)
+            if "samplers" not in rank_state:
+                raise ConfigError("it is from an older gpo-mpi")
+            for member, state in zip(self.members, rank_state["members"], strict=True):
+                checkpoint.restore_member(member, state)
+            for lm, sampler_state in zip(self.local, rank_state["samplers"], strict=True):
+                lm.sampler.load_state(sampler_state)
+        except Exception as error:  # damaged bytes can fail in any way while unpickled or loaded
+            message = (f"cannot resume: the checkpoint in {self.config.out} is damaged or foreign "
+                       f"(this rank's part: {error})")
+        agree_on_startup(self.comm, message)
         self.round_index, self.step_in_round = shared["round_index"], shared["step_in_round"]
         self.iteration, self.env_steps = shared["iteration"], shared["env_steps"]
         self.share_sets = shared["share_sets"]

@@ -124,6 +124,24 @@ def test_resume_refuses_files_that_do_not_fit(mpirun, tmp_path):
     assert bad.read_text() == "not an HDF5 file"  # nothing written over it
 
 
+@pytest.mark.parametrize("part", ["rank1", "shared"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(mpirun, tmp_path, part):
+    """Bytes overwritten inside one pickled part of the checkpoint: exit 2, one line, the file unchanged."""
+    out = tmp_path / "run.h5"
+    stopped = mpirun(2, ["interrupt.py", "0", "1", *RESUMABLE, "--out", str(out)], timeout=300)
+    assert stopped.returncode == 3, stopped.stderr
+    with h5py.File(out, "a") as run_file:
+        blob = run_file[f"checkpoint/{part}"][()].tobytes()
+        del run_file[f"checkpoint/{part}"]
+        run_file[f"checkpoint/{part}"] = np.void(blob[:40] + b"\x00damaged" * 8 + blob[104:])
+    before = out.read_bytes()
+    result = mpirun(2, [gpo_mpi_command(), *RESUMABLE, "--out", str(out), "--resume"], timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"gpo-mpi: error: cannot resume: the checkpoint in {out} is damaged")
+    assert out.read_bytes() == before
+
+
 def test_resume_names_the_fields_that_differ(mpirun, tmp_path):
     out = tmp_path / "run.h5"
     stopped = mpirun(2, ["interrupt.py", "0", "1", *RESUMABLE, "--out", str(out)], timeout=300)
@@ -155,7 +173,7 @@ def test_non_finite_observations_end_the_job_and_keep_the_checkpoint(mpirun, tmp
     arguments = ["--env", "TurnsNaN-v0", "--algo", "single", "--population", "2", "--batch-steps", "32",
                  "--n-envs", "1", "--total-steps", "640", "--checkpoint-every", "1", "--out", str(out)]
     result = mpirun(2, ["fail_in_phase.py", "0", "non-finite", *arguments], timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 4  # gpo-mpi's code for non-finite data, passed on by MPICH's mpiexec
     assert "gpo-mpi: error on rank" in result.stderr
     assert "environment TurnsNaN-v0 returned non-finite observations" in result.stderr
     # The run file is whole, with the last checkpoint that was complete when the job ended: after
