@@ -42,7 +42,7 @@ class RunConfig:
     mutation: Literal["ppo", "a2c"] = "ppo"
     """Policy-gradient method of MUTATE: PPO with the adaptive KL penalty, or A2C."""
     population: int = 0
-    """Number of members m (Joint: sampler slots of its one policy); 0 means one per MPI rank. More than the ranks must be a whole multiple of them."""
+    """Number of members m (Joint: sampler slots of its one policy), at least the number of ranks, spread over them as evenly as possible; 0: 8 (the paper's), or the number of ranks where there are more."""
     total_steps: int = 8_000_000
     """Environment-step budget of the whole run, every rollout counted (the paper: 1M per member)."""
     rounds: int = 12
@@ -119,9 +119,12 @@ class RunConfig:
     eval_episodes: int = 10
     """Whole episodes with the mean action that evaluate every policy at the run's end (not counted in total_steps); the best by this picks the run's best member. 0: none, best by training returns."""
 
-    def local_members(self, n_ranks: int) -> int:
-        """Member slots each rank holds (Joint: sampler slots of its one policy)."""
-        return self.population // n_ranks
+    def member_slots(self, rank: int, n_ranks: int) -> range:
+        """The member slots a rank holds (Joint: sampler slots of its one policy): consecutive
+        slots, spread as evenly as the ranks allow (8 on 3 ranks: 3, 3, 2)."""
+        fewer, more = divmod(self.population, n_ranks)
+        start = rank * fewer + min(rank, more)
+        return range(start, start + fewer + (rank < more))
 
     def validate(self, n_ranks: int) -> None:
         """Raise ConfigError with one line naming the first bad value."""
@@ -154,9 +157,9 @@ class RunConfig:
             raise ConfigError(f"population must be positive, got {self.population}")
         if self.batch_steps % self.n_envs:
             raise ConfigError(f"batch_steps ({self.batch_steps}) must be a multiple of n_envs ({self.n_envs})")
-        if self.population % n_ranks:
-            raise ConfigError(f"population ({self.population}) must be a whole multiple of the number of "
-                              f"ranks ({n_ranks})")
+        if self.population < n_ranks:
+            raise ConfigError(f"population ({self.population}) must be at least the number of ranks ({n_ranks}), "
+                              "each of which holds one member or more")
         for name in ["selector_epochs", "crossover_minibatch", "expert_steps", "dagger_epochs"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -375,6 +378,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=annotation, default=None, help=help_text + default_text)
 
 
+DEFAULT_POPULATION = 8  # the paper's
+
+
 def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
     """Defaults, then preset, then TOML file, then flags; population 0 becomes the rank count."""
     values: dict = {}
@@ -387,7 +393,7 @@ def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
         if given is not None:
             values[config_field.name] = tuple(given) if isinstance(given, list) else given
     if values.get("population", 0) == 0:
-        values["population"] = n_ranks
+        values["population"] = max(DEFAULT_POPULATION, n_ranks)
     config = RunConfig(**values)
     config.validate(n_ranks)
     if not config.out:

@@ -194,12 +194,11 @@ class Population:
     def make_slots(self) -> list[LocalMember]:
         """This rank's member slots: networks and samplers (Joint: sampler slots of its one policy)."""
         config = self.config
-        per_rank = config.local_members(self.n_ranks)
-        self.first_slot = self.rank * per_rank
-        slots = [self.first_slot + k for k in range(per_rank)]
+        slots = config.member_slots(self.rank, self.n_ranks)
+        self.first_slot = slots.start
         if self.joint:  # one policy, the same initial weights on every rank
             joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
-            members = [joint_member] * per_rank
+            members = [joint_member] * len(slots)
         else:
             members = [Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)) for i in slots]
         # Crossover's selector learns from each parent's whole round of episodes.
@@ -370,7 +369,7 @@ class Population:
         total_rows = config.population * config.batch_steps
         parallel = None
         if self.n_ranks > 1:
-            parallel = DataParallel(first_row=self.rank * len(self.local) * config.batch_steps, total_rows=total_rows,
+            parallel = DataParallel(first_row=self.first_slot * config.batch_steps, total_rows=total_rows,
                                     sum_values=lambda values: self._mpi(mpi.allreduce_sum, values),
                                     sum_gradients=lambda parameters: self._mpi(mpi.sum_gradients, parameters))
         member = self.local[0].member
@@ -489,7 +488,7 @@ class Population:
                 self.writer.append(breeding__member_return_before=member_returns, breeding__selection_kl_matrix=kl,
                                    breeding__parent_pairs=pairs, breeding__pair_fitness=select.pair_fitness(
                                        fitness, pairs), breeding__parent_returns=member_returns[pairs])
-            counts = np.full(self.n_ranks, config.local_members(self.n_ranks))
+            counts = np.array([len(config.member_slots(rank, self.n_ranks)) for rank in range(self.n_ranks)])
             return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
 
     # ---------------------------------------------------------- CROSSOVER

@@ -13,9 +13,9 @@ def parse(argv, n_ranks=1):
     return config.from_arguments(parser.parse_args(argv), n_ranks)
 
 
-def test_defaults_follow_the_paper_and_population_follows_ranks():
+def test_defaults_follow_the_paper():
     run = parse([], n_ranks=4)
-    assert (run.env, run.algo, run.mutation, run.population) == ("Hopper-v5", "gpo", "ppo", 4)
+    assert (run.env, run.algo, run.mutation, run.population) == ("Hopper-v5", "gpo", "ppo", 8)
     assert (run.batch_steps, run.gamma, run.rounds, run.total_steps) == (2048, 0.99, 12, 8_000_000)
     assert (run.policy_hidden, run.critic_hidden) == ((64, 64), (32, 32))
 
@@ -78,7 +78,7 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
 @pytest.mark.parametrize("argv, n_ranks, message", [
     (["--total-steps", "0"], 1, "total_steps must be positive"),
     (["--batch-steps", "-5"], 1, "batch_steps must be positive"),
-    (["--population", "3"], 2, "population (3) must be a whole multiple of the number of ranks (2)"),
+    (["--population", "3"], 4, "population (3) must be at least the number of ranks (4)"),
     (["--population", "-2"], 1, "population must be positive"),
     (["--gamma", "1.5"], 1, "gamma must lie in [0, 1]"),
     (["--policy-lr", "nan"], 1, "policy_lr must be a positive number"),
@@ -87,7 +87,7 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     (["--population", "1"], 1, "gpo needs a population of at least 2"),
     (["--components", "CX"], 1, "components must be letters out of C, S, M"),
     (["--top-fraction", "0"], 1, "top_fraction must lie in (0, 1]"),
-    (["--algo", "joint", "--population", "4"], 3, "population (4) must be a whole multiple of the number of ranks (3)"),
+    (["--algo", "joint", "--population", "2"], 3, "population (2) must be at least the number of ranks (3)"),
     (["--config", "/nonexistent.toml"], 1, "does not exist"),
 ])
 def test_bad_values_are_rejected(argv, n_ranks, message):
@@ -96,10 +96,20 @@ def test_bad_values_are_rejected(argv, n_ranks, message):
     assert message in str(error.value)
 
 
-def test_population_may_be_a_multiple_of_the_ranks():
-    run = parse(["--population", "8"], n_ranks=4)
-    assert run.local_members(4) == 2
-    assert parse(["--algo", "joint", "--population", "6"], n_ranks=2).local_members(2) == 3
+def test_members_are_spread_over_the_ranks_as_evenly_as_possible():
+    def layout(population, n_ranks):
+        run = parse(["--algo", "single", "--population", str(population)], n_ranks=n_ranks)
+        return [list(run.member_slots(rank, n_ranks)) for rank in range(n_ranks)]
+    assert layout(8, 4) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert layout(8, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert layout(5, 5) == [[0], [1], [2], [3], [4]]
+    assert layout(7, 2) == [[0, 1, 2, 3], [4, 5, 6]]
+
+
+def test_the_default_population_is_the_papers_or_one_member_per_rank():
+    assert parse([], n_ranks=1).population == 8
+    assert parse(["--algo", "joint"], n_ranks=3).population == 8
+    assert parse([], n_ranks=16).population == 16
 
 
 def test_iterations_fit_the_budget():
