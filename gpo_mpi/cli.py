@@ -63,6 +63,16 @@ class _RankZeroParser(argparse.ArgumentParser):
         if not self.quiet:
             super()._print_message(message, file)
 
+    def error(self, message):
+        """argparse's error, with the closest flag suggested for each unknown one."""
+        if message.startswith("unrecognized arguments: "):
+            flags = [option for action in self._actions for option in action.option_strings]
+            unknown = message.removeprefix("unrecognized arguments: ").split()
+            message = "unrecognized arguments: " + " ".join(
+                word + (config.did_you_mean(word.split("=")[0], flags) if word.startswith("--") else "")
+                for word in unknown)
+        super().error(message)
+
 
 def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     parser = _RankZeroParser(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib.util
 import json
 import math
@@ -184,11 +185,22 @@ class RunConfig:
         if self.algo == "gpo" and self.population < 2:
             raise ConfigError("gpo needs a population of at least 2 to breed")
         if self.iterations_per_round < 1:
-            needed = (self.rounds * self.steps_per_iteration
-                      + (self.rounds - 1) * self.population * self.crossover_steps_per_child)
-            raise ConfigError(f"total_steps ({self.total_steps}) is too small: each of the {self.n_rounds} "
-                              f"round(s) needs at least one iteration of the population and its crossovers "
-                              f"({needed if self.algo == 'gpo' else self.steps_per_iteration} steps in all)")
+            raise ConfigError(self._budget_advice())
+
+    def _budget_advice(self) -> str:
+        """Why total_steps does not fit, and which --total-steps or --rounds would."""
+        breeding = self.population * self.crossover_steps_per_child  # steps of one crossover phase
+        needed = self.n_rounds * self.steps_per_iteration + (self.n_rounds - 1) * breeding
+        advice = f"total_steps ({self.total_steps:,}) is too small: "
+        if self.algo != "gpo":
+            return advice + f"one iteration of the population takes {needed:,} steps (--total-steps {needed})"
+        advice += (f"{self.rounds} rounds of at least one iteration ({self.steps_per_iteration:,} steps) with "
+                   f"a crossover of {breeding:,} steps between them need {needed:,} steps: give --total-steps "
+                   f"{needed}")
+        fitting_rounds = (self.total_steps + breeding) // (self.steps_per_iteration + breeding)
+        if fitting_rounds >= 1:
+            advice += f", or --rounds {fitting_rounds}"
+        return advice
 
     # ------------------------------------------------ selection and crossover
     components: str = "CSM"
@@ -282,6 +294,11 @@ PRESETS: dict[str, dict] = {
     # parent's penalty weight.
     "paper-literal": dict(share_epsilon=0.1, share_max=0, share_every=0, share_ratio_cap=math.inf,
                           critic_data="shared", expert_choice="sample", child_beta="fitter"),
+    # A whole GPO run (3 rounds, 2 crossovers, the final evaluation) in well under a minute on 2 cores:
+    # to see that everything works, not to learn.
+    "smoke": dict(batch_steps=256, rounds=3, total_steps=20480, expert_steps=256, dagger_iterations=2,
+                  dagger_steps=128, selector_epochs=5, dagger_epochs=5, critic_epochs=10, eval_episodes=2,
+                  horizon=200),
     # Minibatch PPO as in CleanRL and Stable-Baselines3 (32 minibatches of 64 per batch of 2048).
     "minibatch": dict(minibatch=64, policy_lr=3e-4, critic_lr=1e-3, critic_epochs=10),
 }
@@ -309,6 +326,8 @@ def _coerce(name: str, value, annotation):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value
     if annotation is int:
+        if isinstance(value, float) and value.is_integer():  # total_steps = 1e6
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
@@ -339,8 +358,30 @@ def read_toml(path: str) -> dict:
     known = {f.name: f for f in fields(RunConfig)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown field(s) {', '.join(unknown)}")
+        raise ConfigError(f"config file {path}: unknown field(s) "
+                          + ", ".join(name + did_you_mean(name, known) for name in unknown))
     return {name: _coerce(f"{path}: {name}", value, _field_type(known[name])) for name, value in raw.items()}
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for the closest known name, or ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def whole_number(text: str) -> int:
+    """An integer flag's value: 1000000, 1_000_000 or 1e6 (a float that is a whole number)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
 
 
 def _json_object(text: str) -> dict:
@@ -368,14 +409,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=typing.get_args(annotation), default=None,
                                 help=help_text + default_text)
         elif origin is tuple:
-            parser.add_argument(flag, type=int, nargs="+", default=None, metavar="N", help=help_text + default_text)
+            parser.add_argument(flag, type=whole_number, nargs="+", default=None, metavar="N",
+                                help=help_text + default_text)
         elif annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text + default_text)
         elif annotation is dict:
             parser.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=help_text + default_text)
         else:
-            parser.add_argument(flag, type=annotation, default=None, help=help_text + default_text)
+            parser.add_argument(flag, type=whole_number if annotation is int else annotation, default=None,
+                                help=help_text + default_text)
 
 
 DEFAULT_POPULATION = 8  # the paper's

@@ -1,5 +1,6 @@
 """The typed config: defaults, presets, TOML, flags, and validation."""
 import argparse
+import re
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     (["--gamma", "1.5"], 1, "gamma must lie in [0, 1]"),
     (["--policy-lr", "nan"], 1, "policy_lr must be a positive number"),
     (["--batch-steps", "100", "--n-envs", "3"], 1, "must be a multiple of n_envs"),
-    (["--total-steps", "1000", "--algo", "single"], 1, "total_steps (1000) is too small"),
+    (["--total-steps", "1000", "--algo", "single"], 1, "total_steps (1,000) is too small"),
     (["--population", "1"], 1, "gpo needs a population of at least 2"),
     (["--components", "CX"], 1, "components must be letters out of C, S, M"),
     (["--top-fraction", "0"], 1, "top_fraction must lie in (0, 1]"),
@@ -132,3 +133,42 @@ def test_tensorboard_without_the_package_is_bad_input(monkeypatch):
     with pytest.raises(ConfigError, match=r"--tensorboard needs the tensorboard package: pip install"):
         parse(["--tensorboard", "tb"], 2)
     assert parse([], 2).tensorboard == ""
+
+
+def test_integer_fields_take_whole_numbers_in_any_spelling(tmp_path):
+    for spelling in ("2000000", "2_000_000", "2e6", "2E6", "2000000.0"):
+        assert parse(["--total-steps", spelling]).total_steps == 2_000_000
+    toml = tmp_path / "run.toml"
+    toml.write_text("total_steps = 2e6\nbatch_steps = 1_024\n")
+    assert (parse(["--config", str(toml)]).total_steps, parse(["--config", str(toml)]).batch_steps) == \
+        (2_000_000, 1024)
+    toml.write_text("total_steps = 1.5e3\nbatch_steps = 10.5\n")
+    with pytest.raises(ConfigError, match="batch_steps must be an integer, got 10.5"):
+        parse(["--config", str(toml)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--population", "2", "--total-steps", "20000"],
+     "total_steps (20,000) is too small: 12 rounds of at least one iteration (4,096 steps) with a crossover of "
+     "20,000 steps between them need 269,152 steps: give --total-steps 269152, or --rounds 1"),
+    (["--total-steps", "1e6", "--rounds", "40"], "give --total-steps 3775360, or --rounds 11"),
+    (["--algo", "single", "--total-steps", "100"],
+     "one iteration of the population takes 16,384 steps (--total-steps 16384)"),
+])
+def test_a_budget_too_small_says_what_would_fit(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(argv)
+    # and what it says fits
+    for fix in re.findall(r"(--total-steps|--rounds) (\d+)", message):
+        parse([*argv, *fix])
+
+
+def test_mistyped_names_get_a_suggestion(tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text("totl_steps = 5\n")
+    with pytest.raises(ConfigError, match=re.escape("unknown field(s) totl_steps (did you mean total_steps?)")):
+        parse(["--config", str(toml)])
+    from gpo_mpi.cli import build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--totl-steps", "5"])
+    assert "unrecognized arguments: --totl-steps (did you mean --total-steps?) 5" in capsys.readouterr().err
