@@ -134,10 +134,10 @@ def held_out_return(path: Path, episodes: int = 10) -> float:
         return stored["held_out"]["return"]
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
-    from gpo_mpi.tools import load_policy
+    from gpo_mpi.tools import read_member
 
-    config, policy, normalizer, _ = load_policy(str(path), None)
-    returns = episode_returns(policy, normalizer, EnvSpec.of(config), episodes,
+    run, best = read_member(str(path), None)
+    returns = episode_returns(run.policies[best], run.normalizer, EnvSpec.of(run.config), episodes,
                               HELD_OUT_SEED + summary["config"]["seed"], deterministic=True)
     stored["held_out"] = {"episodes": episodes, "return": float(returns.mean())}
     target.write_text(json.dumps(stored, separators=(",", ":")) + "\n")

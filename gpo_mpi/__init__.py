@@ -16,6 +16,16 @@ Where each part of the paper lives:
 __version__ = "0.1.0"
 
 
+def load_policy(run_file: str, member: int | None = None):
+    """A member of a run (default: the best) as a torch module on raw observations of any float
+    dtype: `policy(obs)` gives mean actions, `policy(obs, deterministic=False)` sampled ones,
+    `policy.value(obs)` the critic's values. Reads the end of a finished run, or the latest
+    checkpoint of one that is still running or was stopped."""
+    from .tools import acting_policy
+
+    return acting_policy(run_file, member)
+
+
 def register_hilly_envs() -> None:
     """Register HopperHilly-v5, Walker2dHilly-v5, HalfCheetahHilly-v5 and AntHilly-v5
     (gpo_mpi.terrain) with gymnasium; safe to call again. By name only, so

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import nn
 from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
-from .networks import GaussianPolicy, load_flat_parameters
+from .networks import Critic, GaussianPolicy, load_flat_parameters
 from .paths import check_output_directory, check_output_file, ensure_output_directory
 from .rollout import EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 from .runfile import FORMAT
@@ -75,41 +76,75 @@ def info(path: str) -> str:
 
 @dataclass
 class FinishedRun:
-    """A finished run's policies, as networks, and what they need to act."""
+    """A run's policies, as networks, and what they need to act: from the end of a finished
+    run, or from the latest checkpoint of a running or stopped one."""
     config: RunConfig
     policies: list[GaussianPolicy]
+    critics: list[Critic]
     normalizer: ObsNormalizer
-    best_member: int
+    best_member: int  # by the final evaluation; at a checkpoint, by the latest training returns
     final_returns: np.ndarray  # each member's mean return over its last 10 training episodes
+    source: str = "the end of the run"  # or "the checkpoint at iteration N of M, the run not finished"
+
+
+def _checkpoint_members(path: str, run_file: h5py.File, config: RunConfig) -> tuple[list[dict], np.ndarray, int]:
+    """Member states by index, observation statistics and iteration of the latest checkpoint."""
+    from . import checkpoint
+    if checkpoint.GROUP not in run_file:
+        raise ConfigError(f"{path} holds neither a finished run nor a checkpoint yet: nothing to read")
+    try:
+        group = run_file[checkpoint.GROUP]
+        shared = pickle.loads(group["shared"][()].tobytes())
+        states = {}
+        for rank in range(int(group.attrs["n_ranks"])):
+            for member in pickle.loads(group[f"rank{rank}"][()].tobytes())["members"]:
+                states[member["index"]] = member
+        members = [states[index] for index in range(config.n_policies)]
+    except Exception as error:  # damaged bytes can fail in any way while unpickled
+        raise ConfigError(f"the checkpoint in {path} is damaged ({error})") from None
+    return members, shared["normalizer"], int(shared["iteration"])
 
 
 def load_run(path: str) -> FinishedRun:
+    """A run file's policies: the final ones, or the latest checkpoint's while the run is not finished."""
     with open_run(path) as run_file:
-        if "final" not in run_file:
-            raise ConfigError(f"{path} holds no finished run yet: nothing to evaluate, export or breed")
         config = run_config(run_file)
-        parameters = run_file["final/policy_parameters"][()]
-        best = int(run_file["final"].attrs["best_member"])
-        normalizer_state = run_file["final/obs_normalizer"][()]
-        final_returns = run_file["iterations/member_return"][-1]
-    obs_dim, act_dim = EnvSpec.of(config).space_sizes()
-    policies = []
-    for vector in parameters:
-        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-        load_flat_parameters(policy, vector)
+        obs_dim, act_dim = EnvSpec.of(config).space_sizes()
+        returns = run_file["iterations/member_return"][()]
+        final_returns = returns[-1] if len(returns) else np.full(config.n_policies, np.nan)
+        if "final" in run_file:
+            policy_vectors = run_file["final/policy_parameters"][()]
+            critic_vectors = run_file["final/critic_parameters"][()]
+            best = int(run_file["final"].attrs["best_member"])
+            normalizer_state = run_file["final/obs_normalizer"][()]
+            source, member_states = "the end of the run", None
+        else:
+            member_states, normalizer_state, iteration = _checkpoint_members(path, run_file, config)
+            best = int(np.nanargmax(final_returns)) if np.isfinite(final_returns).any() else 0
+            source = f"the checkpoint at iteration {iteration} of {config.iterations}, the run not finished"
+    policies, critics = [], []
+    for index in range(config.n_policies):
+        policy, critic = GaussianPolicy(obs_dim, act_dim, config.policy_hidden), Critic(obs_dim, config.critic_hidden)
+        if member_states is None:
+            load_flat_parameters(policy, policy_vectors[index])
+            load_flat_parameters(critic, critic_vectors[index])
+        else:
+            policy.load_state_dict(member_states[index]["policy"])
+            critic.load_state_dict(member_states[index]["critic"])
         policies.append(policy)
+        critics.append(critic)
     normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
     normalizer.load_state(normalizer_state)
-    return FinishedRun(config, policies, normalizer, best, final_returns)
+    return FinishedRun(config, policies, critics, normalizer, best, final_returns, source)
 
 
-def load_policy(path: str, member: int | None) -> tuple[RunConfig, GaussianPolicy, ObsNormalizer, int]:
-    """A finished run's policy (the best member's unless `member` is given) and its normalization."""
+def read_member(path: str, member: int | None) -> tuple[FinishedRun, int]:
+    """A run and the member to use: `member`, or the best one."""
     run = load_run(path)
     chosen = run.best_member if member is None else member
     if not 0 <= chosen < len(run.policies):
         raise ConfigError(f"member {chosen} does not exist: the run has {len(run.policies)}")
-    return run.config, run.policies[chosen], run.normalizer, chosen
+    return run, chosen
 
 
 def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[GaussianPolicy, GaussianPolicy]:
@@ -139,31 +174,52 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[
     return state_child, parameter_child
 
 
-class ExportedPolicy(nn.Module):
-    """Raw observations -> deterministic (mean) actions, normalization included."""
+class ActingPolicy(nn.Module):
+    """A member as one module on raw observations of any float dtype, normalization included:
+    `forward(obs)` gives mean actions (or, with `deterministic=False`, actions drawn from the
+    Gaussian policy), `value(obs)` the critic's value. Scriptable (what `gpo-mpi export` saves)."""
 
-    def __init__(self, policy: GaussianPolicy, normalizer: ObsNormalizer):
+    def __init__(self, policy: GaussianPolicy, critic: Critic, normalizer: ObsNormalizer):
         super().__init__()
-        self.mean_net = policy.mean_net
-        enabled = normalizer.enabled
+        self.mean_net, self.value_net = policy.mean_net, critic.value_net
         obs_dim = policy.mean_net[0].in_features
+        enabled = normalizer.enabled
+        self.register_buffer("log_std", policy.log_std.detach().clone())
         self.register_buffer("obs_mean", torch.tensor(normalizer.mean if enabled else np.zeros(obs_dim),
                                                       dtype=torch.float32))
         self.register_buffer("obs_scale", torch.tensor(np.sqrt(normalizer.var + 1e-8) if enabled else
                                                        np.ones(obs_dim), dtype=torch.float32))
         self.clip = float(normalizer.clip) if enabled else float("inf")
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        normalized = torch.clamp((obs - self.obs_mean) / self.obs_scale, -self.clip, self.clip)
-        return self.mean_net(normalized)
+    def _normalized(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((obs.to(torch.float32) - self.obs_mean) / self.obs_scale, -self.clip, self.clip)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        mean = self.mean_net(self._normalized(obs))
+        if not deterministic:
+            mean = mean + torch.exp(self.log_std) * torch.randn_like(mean)
+        return mean.to(obs.dtype)
+
+    @torch.jit.export
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_net(self._normalized(obs)).squeeze(-1).to(obs.dtype)
+
+
+def acting_policy(path: str, member: int | None = None) -> ActingPolicy:
+    """The public `gpo_mpi.load_policy`: a run's member (default: the best) as an ActingPolicy, from the
+    end of a finished run or the latest checkpoint of an unfinished one."""
+    run, chosen = read_member(path, member)
+    return ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval()
 
 
 def export(path: str, out: str, member: int | None) -> str:
     check_output_file(out, "export -o")
-    _, policy, normalizer, chosen = load_policy(path, member)
-    scripted = torch.jit.script(ExportedPolicy(policy, normalizer))
+    run, chosen = read_member(path, member)
+    scripted = torch.jit.script(ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval())
     scripted.save(out)
-    return f"wrote member {chosen}'s policy to {out} (TorchScript: torch.jit.load, forward(obs [B, obs_dim]))"
+    return (f"wrote member {chosen}'s policy, read from {run.source}, to {out} (TorchScript: torch.jit.load; "
+            f"forward(obs) gives mean actions for observations of any float dtype, forward(obs, False) sampled "
+            f"ones, value(obs) the critic's values)")
 
 
 def check_offscreen_rendering(env: EnvSpec) -> None:
@@ -190,7 +246,8 @@ def check_offscreen_rendering(env: EnvSpec) -> None:
 
 def evaluate(path: str, episodes: int, member: int | None, seed: int, deterministic: bool,
              video_dir: str | None = None) -> str:
-    config, policy, normalizer, chosen = load_policy(path, member)
+    run, chosen = read_member(path, member)
+    config, policy, normalizer = run.config, run.policies[chosen], run.normalizer
     env = EnvSpec.of(config)
     if video_dir:
         check_output_directory(video_dir, "eval --video")
@@ -199,7 +256,8 @@ def evaluate(path: str, episodes: int, member: int | None, seed: int, determinis
     returns = episode_returns(policy, normalizer, env, episodes, seed, deterministic, video_dir,
                               video_name=f"member{chosen}")
     kind = "mean actions" if deterministic else "sampled actions"
-    text = (f"member {chosen} on {config.env}, {episodes} episodes, {kind}: return {returns.mean():.1f} "
+    text = (f"member {chosen} (read from {run.source}) on {config.env}, {episodes} episodes, {kind}: "
+            f"return {returns.mean():.1f} "
             f"+- {returns.std():.1f} (min {returns.min():.1f}, max {returns.max():.1f})")
     if video_dir:
         text += f"\nvideo of episode 1 (return {returns[0]:.1f}): {os.path.join(video_dir, f'member{chosen}-episode-0.mp4')}"

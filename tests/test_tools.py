@@ -47,28 +47,72 @@ def test_info_reports_config_progress_and_best(finished_run):
 def test_eval_rolls_out_whole_episodes(finished_run):
     result = tool("eval", finished_run, "--episodes", "3", "--member", "1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("member 1 on Pendulum-v1, 3 episodes, sampled actions: return -")
+    assert result.stdout.startswith("member 1 (read from the end of the run) on Pendulum-v1, 3 episodes, sampled "
+                                    "actions: return -")
 
 
-def test_exported_policy_runs_without_gpo_mpi(finished_run, tmp_path):
+def test_exported_policy_runs_without_gpo_mpi_on_any_float_dtype(finished_run, tmp_path):
     exported = tmp_path / "policy.pt"
     result = tool("export", finished_run, "-o", exported, "--member", "0")
     assert result.returncode == 0, result.stderr
-    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    obs = np.random.default_rng(0).normal(size=(5, 3))  # float64, as gymnasium's Pendulum gives them
     np.save(tmp_path / "obs.npy", obs)
     code = ("import sys, numpy as np, torch\n"
             "policy = torch.jit.load(sys.argv[1])\n"
-            "actions = policy(torch.from_numpy(np.load(sys.argv[2]))).detach().numpy()\n"
-            "assert 'gpo_mpi' not in sys.modules\n"
-            "np.save(sys.argv[3], actions)\n")
+            "obs = torch.from_numpy(np.load(sys.argv[2]))\n"
+            "torch.manual_seed(0)\n"
+            "outputs = [policy(obs), policy(obs.float()).double(), policy(obs, False), policy.value(obs)]\n"
+            "assert 'gpo_mpi' not in sys.modules and outputs[0].dtype == torch.float64\n"
+            "np.save(sys.argv[3], np.stack([o.detach().numpy().reshape(5, -1)[:, 0] for o in outputs]))\n")
     plain = subprocess.run([sys.executable, "-c", code, str(exported), str(tmp_path / "obs.npy"),
-                            str(tmp_path / "actions.npy")], capture_output=True, text=True, timeout=120)
+                            str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0, plain.stderr
-    from gpo_mpi.tools import load_policy
-    _, policy, normalizer, _ = load_policy(str(finished_run), 0)
-    np.testing.assert_allclose(np.load(tmp_path / "actions.npy"), policy.numpy_mean()(normalizer(obs)),
-                               rtol=1e-5, atol=1e-6)
-    assert not np.allclose(np.load(tmp_path / "actions.npy"), 0.0)
+    mean64, mean32, sampled, value = np.load(tmp_path / "out.npy")
+    from gpo_mpi.tools import read_member
+    run, _ = read_member(str(finished_run), 0)
+    normalized = run.normalizer(obs)
+    np.testing.assert_allclose(mean64, run.policies[0].numpy_mean()(normalized)[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mean32, mean64)
+    import torch
+    torch.manual_seed(0)
+    noise = torch.randn(5, 1).numpy()[:, 0]
+    np.testing.assert_allclose(sampled, mean64 + np.exp(run.policies[0].log_std.item()) * noise, rtol=1e-5)
+    with torch.no_grad():
+        expected_value = run.critics[0](torch.as_tensor(normalized, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mean64, 0.0) and not np.allclose(value, 0.0)
+
+
+def test_load_policy_acts_like_the_run_and_reads_stopped_runs(mpirun, finished_run, tmp_path):
+    import torch
+    import gpo_mpi
+    policy = gpo_mpi.load_policy(str(finished_run), member=1)
+    obs = np.random.default_rng(1).normal(size=(4, 3))
+    from gpo_mpi.tools import read_member
+    run, _ = read_member(str(finished_run), 1)
+    expected = run.policies[1].numpy_mean()(run.normalizer(obs))
+    for dtype in (torch.float64, torch.float32):
+        actions = policy(torch.as_tensor(obs, dtype=dtype))
+        assert actions.dtype == dtype
+        np.testing.assert_allclose(actions.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    # a stopped run: its checkpoint's policies, and the tools say so
+    stopped = tmp_path / "stopped.h5"
+    result = mpirun(2, ["interrupt.py", "1", "2", *TINY, "--algo", "gpo", "--population", "4", "--rounds", "2",
+                        "--total-steps", "3072", "--expert-steps", "64", "--dagger-iterations", "1",
+                        "--dagger-steps", "64", "--out", str(stopped)], timeout=300)
+    assert result.returncode == 3, result.stderr
+    for arguments in (["eval", stopped, "--episodes", "1"], ["export", stopped, "-o", tmp_path / "p.pt"]):
+        result = tool(*arguments)
+        assert result.returncode == 0, result.stderr
+        assert "the checkpoint at iteration 3 of 10, the run not finished" in result.stdout
+    info = tool("info", stopped).stdout
+    assert "3 of 10 iterations, not complete" in info
+    import pickle
+    import h5py
+    with h5py.File(stopped) as run_file:  # member 3 lives on rank 1
+        [state] = [m for m in pickle.loads(run_file["checkpoint/rank1"][()].tobytes())["members"] if m["index"] == 3]
+    stopped_policy = gpo_mpi.load_policy(str(stopped), member=3)
+    torch.testing.assert_close(stopped_policy.mean_net[0].weight, state["policy"]["mean_net.0.weight"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arguments, message", [
