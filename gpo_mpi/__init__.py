@@ -16,6 +16,15 @@ Where each part of the paper lives:
 __version__ = "0.1.0"
 
 
+def train(run_config=None, **options) -> str:
+    """Train as the `gpo-mpi` command does, from Python (alone, or on every rank under mpiexec):
+    `gpo_mpi.train(env="Walker2d-v5", total_steps=1e6, out="walker.h5")`. Returns the run file's
+    path; see gpo_mpi.cli.train for the options (preset, resume, overwrite)."""
+    from .cli import train as train_run
+
+    return train_run(run_config, **options)
+
+
 def load_policy(run_file: str, member: int | None = None):
     """A member of a run (default: the best) as a torch module on raw observations of any float
     dtype: `policy(obs)` gives mean actions, `policy(obs, deterministic=False)` sampled ones,

@@ -157,31 +157,65 @@ def main(argv: list[str] | None = None) -> int:
         arguments = arguments[1:]
     parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)
 
-    from .engine import agree_on_startup, run
-    from .paths import check_output_file
     from .rollout import NonFiniteError, UnusableEnvironment
 
-    # Ranks agree on bad input, whichever of them found it; rank 0 alone says why.
+    run_config = None
     try:
-        message = None
-        try:
-            run_config = config.from_arguments(parsed, comm.Get_size())
-            check_output_file(run_config.out, "--out")
-            resume = should_resume(parsed, run_config.out)
-        except config.ConfigError as error:
-            message = str(error)
-        agree_on_startup(comm, message)
-        completed = run(run_config, comm, resume=resume, signalled_before_start=lambda: early_signals.received)
+        run_config, completed = _start(comm, lambda: config.from_arguments(parsed, comm.Get_size()), parsed,
+                                       signalled_before_start=lambda: early_signals.received)
     except (config.ConfigError, UnusableEnvironment) as error:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except NonFiniteError as error:  # one rank's numbers went bad mid-run: end every rank from here
         mpi.abort_with_message(comm, f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint "
-                                     f"in {run_config.out} is intact", EXIT_NON_FINITE)
+                                     f"in {parsed.out or 'the run file'} is intact", EXIT_NON_FINITE)
     if not completed:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "
                   f"continue with --resume", file=sys.stderr, flush=True)
         return EXIT_STOPPED
     return 0
+
+
+def _start(comm, make_config, choice: argparse.Namespace, signalled_before_start=lambda: False):
+    """Make the config, check --out and whether to resume, with every rank agreeing on any error
+    (rank 0 alone reports it), then run. Returns (config, whether the run finished)."""
+    from .engine import agree_on_startup, run
+    from .paths import check_output_file
+
+    message = run_config = resume = None
+    try:
+        run_config = make_config()
+        check_output_file(run_config.out, "--out")
+        resume = should_resume(choice, run_config.out)
+    except config.ConfigError as error:
+        message = str(error)
+    agree_on_startup(comm, message)
+    return run_config, run(run_config, comm, resume=resume, signalled_before_start=signalled_before_start)
+
+
+def train(run_config: config.RunConfig | dict | None = None, *, preset: str | None = None, resume: bool = False,
+          resume_if_exists: bool = False, overwrite: bool = False, **fields) -> str:
+    """Train from Python: the same run as the `gpo-mpi` command, on this process alone or on every
+    rank of `mpiexec -n N python script.py`. Fields come from `preset`, then `run_config` (a
+    RunConfig or a dict), then keyword arguments: `train(env="Walker2d-v5", total_steps=1e6)`.
+    Returns the run file's path. Bad input raises ConfigError on every rank; a stop signal
+    raises KeyboardInterrupt after the checkpoint is written."""
+    one_thread_per_rank()
+    from . import mpi
+
+    comm = mpi.world()
+    if comm.Get_size() > 1:  # an exception on one rank must end the job, not leave the others waiting
+        mpi.abort_on_uncaught_exception(comm)
+    values = dict(config.PRESETS[preset]) if preset else {}
+    if isinstance(run_config, config.RunConfig):
+        values.update(config.to_dict(run_config))
+    elif run_config:
+        values.update(run_config)
+    values.update(fields)
+    choice = argparse.Namespace(resume=resume, resume_if_exists=resume_if_exists, overwrite=overwrite)
+    finished_config, completed = _start(comm, lambda: config.from_values(values, comm.Get_size()), choice)
+    if not completed:
+        raise KeyboardInterrupt(f"stopped by a signal; checkpoint written to {finished_config.out}")
+    return finished_config.out

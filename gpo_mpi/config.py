@@ -53,6 +53,9 @@ class RunConfig:
     out: str = ""
     """Path of the HDF5 run file written by rank 0 (empty: ENV-ALGO-sSEED.h5 in the working directory). An existing file is never replaced unless asked (--resume, --overwrite)."""
 
+    init_from: str = ""
+    """A run file whose best policy (with its critic and observation statistics) every member starts from, e.g. a flat-ground policy to fine-tune on hilly terrain (empty: fresh networks)."""
+
     tensorboard: str = ""
     """Directory for TensorBoard scalars from rank 0 (empty: none); needs `pip install 'gpo-mpi[tensorboard]'`."""
     checkpoint_every: int = 10
@@ -425,7 +428,7 @@ DEFAULT_POPULATION = 8  # the paper's
 
 
 def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
-    """Defaults, then preset, then TOML file, then flags; population 0 becomes the rank count."""
+    """Defaults, then preset, then TOML file, then flags (see `from_values`)."""
     values: dict = {}
     if arguments.preset:
         values.update(PRESETS[arguments.preset])
@@ -434,7 +437,18 @@ def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
     for config_field in fields(RunConfig):
         given = getattr(arguments, config_field.name, None)
         if given is not None:
-            values[config_field.name] = tuple(given) if isinstance(given, list) else given
+            values[config_field.name] = given
+    return from_values(values, n_ranks)
+
+
+def from_values(values: dict, n_ranks: int) -> RunConfig:
+    """The checked config of a run on `n_ranks` ranks from field values (the rest default):
+    population 0 becomes 8 or the rank count, an empty `out` the run's own file name."""
+    known = {f.name for f in fields(RunConfig)}
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"unknown field {name}{did_you_mean(name, known)}")
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     if values.get("population", 0) == 0:
         values["population"] = max(DEFAULT_POPULATION, n_ranks)
     config = RunConfig(**values)

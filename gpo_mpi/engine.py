@@ -185,11 +185,31 @@ class Population:
         if resume:
             self.writer = self.restore()
         else:
+            if config.init_from:
+                self.start_from(config.init_from)
             self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
         self.scalars = None
         if self.writer and config.tensorboard:
             # A resumed run drops the events logged after its checkpoint, which it logs again.
             self.scalars = TensorBoardScalars(config.tensorboard, self.env_steps + 1 if resume else None)
+
+    def start_from(self, path: str) -> None:
+        """Every member (and the observation statistics) from the best policy of another run."""
+        from .tools import read_member
+        message = None
+        try:
+            run, best = read_member(path, None)
+            if run.normalizer.mean.shape != (self.obs_dim,) or run.policies[best].log_std.shape != (self.act_dim,):
+                raise ConfigError(f"its observations and actions ({run.normalizer.mean.shape[0]}, "
+                                  f"{run.policies[best].log_std.shape[0]}) differ from {self.config.env}'s "
+                                  f"({self.obs_dim}, {self.act_dim})")
+            for member in self.members:
+                member.policy.load_state_dict(run.policies[best].state_dict())
+                member.critic.load_state_dict(run.critics[best].state_dict())
+            self.normalizer.load_state(run.normalizer.state())
+        except (ConfigError, RuntimeError) as error:  # RuntimeError: other hidden layer sizes
+            message = f"--init-from {path}: {error}"
+        agree_on_startup(self.comm, message)
 
     def make_slots(self) -> list[LocalMember]:
         """This rank's member slots: networks and samplers (Joint: sampler slots of its one policy)."""
