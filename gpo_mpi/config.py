@@ -122,6 +122,8 @@ class RunConfig:
     # -------------------------------------------------------------- evaluation
     eval_episodes: int = 10
     """Whole episodes with the mean action that evaluate every policy at the run's end (not counted in total_steps); the best by this picks the run's best member. 0: none, best by training returns."""
+    eval_every: int = 0
+    """Iterations between evaluations of every policy during training (eval_episodes each, mean actions, the final evaluation's fixed seeds, not counted in total_steps); the run file keeps every evaluation and the best evaluated policy. 0: only the final one."""
 
     def member_slots(self, rank: int, n_ranks: int) -> range:
         """The member slots a rank holds (Joint: sampler slots of its one policy): consecutive
@@ -138,7 +140,7 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "eval_episodes",
-                     "selector_states"]:
+                     "eval_every", "selector_states"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:

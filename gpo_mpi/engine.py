@@ -179,6 +179,7 @@ class Population:
         self.child_returns: list[list[float]] | None = None  # rank 0: each new child's first episodes
         self.fitter_parent_returns = np.full(config.n_policies, np.nan)  # rank 0: of the latest children
         self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
+        self.best_evaluated: dict | None = None  # rank 0: the best policy of the evaluations so far
         self.stop_requested = self.stop_agreed = False
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(signal_number, self._request_stop)
@@ -273,6 +274,9 @@ class Population:
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
                 self.record_iteration(round_index, stats)
+            if config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0:
+                with self.timer("evaluation"):
+                    self.record_evaluation(self.evaluate())
             last_of_round = step + 1 == config.iterations_per_round
             if last_of_round:
                 continue  # a stop waits for the checkpoint after this round's breeding
@@ -302,7 +306,8 @@ class Population:
                           env_steps=self.env_steps, share_sets=self.share_sets,
                           normalizer=self.normalizer.state(), windows=[list(w) for w in self.returns.windows],
                           child_returns=self.child_returns, fitter_parent_returns=self.fitter_parent_returns,
-                          latest_best_return=self.latest_best_return, lengths=self.writer.lengths(),
+                          latest_best_return=self.latest_best_return, best_evaluated=self.best_evaluated,
+                          lengths=self.writer.lengths(),
                           elapsed=self.elapsed_before + time.monotonic() - self.start_time)
             self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
             if self.scalars:
@@ -348,6 +353,7 @@ class Population:
         self.child_returns = shared["child_returns"]
         self.fitter_parent_returns = shared["fitter_parent_returns"]
         self.latest_best_return = shared["latest_best_return"]
+        self.best_evaluated = shared["best_evaluated"]
         print(f"resuming {self.config.out} at iteration {self.iteration} (round {self.round_index + 1}), "
               f"{self.env_steps:,} steps done", flush=True)
         return RunFileWriter(self.config.out, self.config, self.n_ranks, lengths=shared["lengths"])
@@ -617,6 +623,32 @@ class Population:
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
         return all_rows[np.argsort(all_rows[:, 0], kind="stable"), 1:]
 
+    def record_evaluation(self, evaluation: np.ndarray, announce: bool = True) -> None:
+        """Keep an evaluation (policies x episodes) in the run file, and the best policy evaluated so far
+        (sent by the rank that holds it)."""
+        means = evaluation.mean(axis=1)
+        best = int(np.argmax(means))
+        improved = self.best_evaluated is None or means[best] > self.best_evaluated["mean_return"]
+        improved = bool(self._mpi(mpi.bcast_object, improved))  # rank 0 alone keeps the record
+        if improved:
+            holder = 0 if self.joint else next(rank for rank in range(self.n_ranks)
+                                               if best in self.config.member_slots(rank, self.n_ranks))
+            mine = [m for m in self.members if m.index == (0 if self.joint else best)]
+            vector = flat_parameters(mine[0].policy) if mine and self.rank == holder else \
+                np.empty_like(flat_parameters(self.members[0].policy))
+            vector = self._mpi(mpi.bcast_flat, vector, holder)
+            if self.writer:
+                self.best_evaluated = dict(parameters=vector, normalizer=self.normalizer.state(), member=best,
+                                           env_steps=self.env_steps, mean_return=float(means[best]))
+        if self.writer:
+            self.writer.append(evaluations__env_steps=self.env_steps, evaluations__returns=evaluation)
+            if self.scalars:
+                self.scalars.evaluation(self.env_steps, means)
+            if announce:
+                print(f"evaluation at {self.env_steps:,} steps ({self.config.eval_episodes} episodes, mean "
+                      f"action): best member {best} at {means[best]:.1f}, mean over members {means.mean():.1f}",
+                      flush=True)
+
     def finish(self) -> None:
         policies = np.stack([flat_parameters(member.policy) for member in self.members])
         critics = np.stack([flat_parameters(member.critic) for member in self.members])
@@ -627,6 +659,8 @@ class Population:
         all_critics, _ = self._mpi(mpi.allgatherv_rows, critics)
         with self.timer("evaluation"):
             evaluation = self.evaluate() if self.config.eval_episodes else None
+        if evaluation is not None and self.config.eval_every:
+            self.record_evaluation(evaluation, announce=False)  # announced below
         if self.writer:
             if self.child_returns is not None:  # the last children finished too few episodes to fill the row
                 self.write_child_returns()
@@ -637,6 +671,7 @@ class Population:
             else:
                 member_returns = self.returns.member_returns()
                 best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
-            self.writer.commit_final(all_policies, all_critics, best, self.normalizer.state(), evaluation)
+            self.writer.commit_final(all_policies, all_critics, best, self.normalizer.state(), evaluation,
+                                     self.best_evaluated)
             if self.scalars:
                 self.scalars.close()

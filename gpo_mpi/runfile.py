@@ -104,6 +104,8 @@ class RunFileWriter:
             "breeding/parent_returns": ((m, 2), np.float64), "breeding/child_return": ((m,), np.float64),
             "breeding/selector_loss": ((m,), np.float64), "breeding/imitation_loss": ((m,), np.float64),
             "breeding/second_parent_share": ((m,), np.float64),
+            "evaluations/env_steps": ((), np.int64),
+            "evaluations/returns": ((m, max(1, config.eval_episodes)), np.float64),
         }
         if lengths is not None:
             with self._replacing() as run_file:
@@ -158,11 +160,17 @@ class RunFileWriter:
         self.pending.clear()
 
     def commit_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
-                     normalizer_state: np.ndarray, eval_returns: np.ndarray | None = None) -> None:
+                     normalizer_state: np.ndarray, eval_returns: np.ndarray | None = None,
+                     best_evaluated: dict | None = None) -> None:
         def write_final(run_file):
             final = run_file.create_group("final")
             if eval_returns is not None:
                 final.create_dataset("eval_returns", data=eval_returns)
+            if best_evaluated is not None:  # the best policy of every evaluation, with its observation statistics
+                best = final.create_dataset("best_evaluated_policy_parameters", data=best_evaluated["parameters"])
+                final.create_dataset("best_evaluated_obs_normalizer", data=best_evaluated["normalizer"])
+                best.attrs.update(member=best_evaluated["member"], env_steps=best_evaluated["env_steps"],
+                                  mean_return=best_evaluated["mean_return"])
             final.create_dataset("obs_normalizer", data=normalizer_state)
             final.create_dataset("policy_parameters", data=policy_parameters)
             final.create_dataset("critic_parameters", data=critic_parameters)

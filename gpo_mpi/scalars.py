@@ -41,6 +41,10 @@ class TensorBoardScalars:
         self.writer.add_scalar("gpo/median_kl_between_members", median_kl_between_members, env_steps)
         self.writer.add_scalar("gpo/mean_share_set_size", mean_share_set_size, env_steps)
 
+    def evaluation(self, env_steps: int, member_means: np.ndarray) -> None:
+        self.writer.add_scalar("eval/best_member", member_means.max(), env_steps)
+        self.writer.add_scalar("eval/mean_member", member_means.mean(), env_steps)
+
     def flush(self) -> None:
         self.writer.flush()
 

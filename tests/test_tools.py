@@ -254,3 +254,50 @@ def test_learning_curves_show_every_member_and_the_best(finished_run, gpo_run):
     np.testing.assert_array_equal(best_lines[1].get_xdata(), steps)
     np.testing.assert_array_equal(best_lines[1].get_ydata(), np.nanmax(returns, axis=1))
     assert len(lines) == 2 + 3 + 2  # two members, then three, each with its run's best
+
+
+def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpirun, tmp_path):
+    """Every 2 iterations; stopped after iteration 4, whose evaluation and checkpoint hold the same policies."""
+    from gpo_mpi.engine import EVALUATION_SEED_OFFSET, member_seed
+    from gpo_mpi.evaluate import episode_returns
+    from gpo_mpi.rollout import EnvSpec
+    from gpo_mpi.tools import read_member
+    from test_resume import assert_same_run, run_file_contents
+    import h5py
+    arguments = [*TINY, "--population", "4", "--rounds", "2", "--total-steps", "3072", "--expert-steps", "64",
+                 "--dagger-iterations", "1", "--dagger-steps", "64", "--eval-episodes", "3", "--eval-every", "2"]
+    whole = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(tmp_path / "whole.h5")])
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout.count("evaluation at ") == 5  # iterations 2, 4, 6, 8, 10 (the last is the final one's)
+    stopped = tmp_path / "stopped.h5"
+    result = mpirun(2, ["interrupt.py", "1", "3", *arguments, "--out", str(stopped)])
+    assert result.returncode == 3, result.stderr
+    with h5py.File(stopped) as run_file:
+        steps, returns = run_file["evaluations/env_steps"][()], run_file["evaluations/returns"][()]
+    np.testing.assert_array_equal(steps, [512, 1024])
+    for member in range(4):
+        run, _ = read_member(str(stopped), member)
+        seed = member_seed(run.config, member) + EVALUATION_SEED_OFFSET
+        again = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), 3, seed,
+                                deterministic=True)
+        np.testing.assert_array_equal(again, returns[-1, member])
+        printed = tool("eval", stopped, "--member", member, "--episodes", 3, "--seed", seed, "--deterministic")
+        assert f"return {returns[-1, member].mean():.1f} " in printed.stdout, printed.stdout
+    resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(stopped), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(stopped), run_file_contents(tmp_path / "whole.h5"))
+    with h5py.File(stopped) as run_file:
+        means = run_file["evaluations/returns"][()].mean(axis=2)
+        best = run_file["final/best_evaluated_policy_parameters"]
+        row, member = np.unravel_index(np.argmax(means), means.shape)
+        assert (best.attrs["member"], best.attrs["env_steps"]) == (member, run_file["evaluations/env_steps"][row])
+        assert best.attrs["mean_return"] == means[row, member]
+        best_parameters, best_normalizer = best[()], run_file["final/best_evaluated_obs_normalizer"][()]
+    # the kept policy is the one evaluated: evaluated again, it gives the recorded return
+    from gpo_mpi.networks import GaussianPolicy, load_flat_parameters
+    policy = GaussianPolicy(3, 1, run.config.policy_hidden)
+    load_flat_parameters(policy, best_parameters)
+    run.normalizer.load_state(best_normalizer)
+    again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), 3,
+                            member_seed(run.config, int(member)) + EVALUATION_SEED_OFFSET, deterministic=True)
+    assert again.mean() == means[row, member]
