@@ -446,11 +446,11 @@ def from_arguments(arguments: argparse.Namespace, n_ranks: int) -> RunConfig:
 def from_values(values: dict, n_ranks: int) -> RunConfig:
     """The checked config of a run on `n_ranks` ranks from field values (the rest default):
     population 0 becomes 8 or the rank count, an empty `out` the run's own file name."""
-    known = {f.name for f in fields(RunConfig)}
+    known = {f.name: f for f in fields(RunConfig)}
     for name in values:
         if name not in known:
             raise ConfigError(f"unknown field {name}{did_you_mean(name, known)}")
-    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
+    values = {name: _coerce(name, value, _field_type(known[name])) for name, value in values.items()}
     if values.get("population", 0) == 0:
         values["population"] = max(DEFAULT_POPULATION, n_ranks)
     config = RunConfig(**values)
@@ -470,6 +470,21 @@ def default_run_file(config: RunConfig) -> str:
 def to_dict(config: RunConfig) -> dict:
     """The config as plain values, for the run file."""
     return dataclasses.asdict(config)
+
+
+def reference_table() -> str:
+    """The configuration reference as a markdown table, from the fields and their docstrings
+    (docs/configuration.md holds it; a test keeps the two equal)."""
+    rows = ["| field | flag | default | what |", "|---|---|---|---|"]
+    for config_field in fields(RunConfig):
+        default = config_field.default if config_field.default is not dataclasses.MISSING else \
+            config_field.default_factory()
+        shown = ("`\"\"`" if default == "" else f"`{default}`") if isinstance(default, str) else f"`{default}`"
+        if isinstance(default, int) and not isinstance(default, bool) and abs(default) >= 10_000:
+            shown = f"`{default:_}`"
+        doc = _FIELD_DOCS[config_field.name].replace("|", "\\|")
+        rows.append(f"| `{config_field.name}` | `--{config_field.name.replace('_', '-')}` | {shown} | {doc} |")
+    return "\n".join(rows) + "\n"
 
 
 def _field_docs() -> dict[str, str]:

@@ -172,3 +172,11 @@ def test_mistyped_names_get_a_suggestion(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--totl-steps", "5"])
     assert "unrecognized arguments: --totl-steps (did you mean --total-steps?) 5" in capsys.readouterr().err
+
+
+def test_the_configuration_reference_in_docs_is_the_generated_one():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert config.reference_table() in text, (
+        "docs/configuration.md is out of date: paste the output of "
+        "python -c 'from gpo_mpi.config import reference_table; print(reference_table())' over its table")

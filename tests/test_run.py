@@ -360,15 +360,3 @@ def test_a_user_environment_class_trains(mpirun, tmp_path):
     assert evaluation.returncode == 0, evaluation.stderr
     assert "on user_envs:ReachTarget, 2 episodes" in evaluation.stdout
 
-
-def test_the_smoke_preset_is_a_whole_gpo_run(mpirun, tmp_path):
-    """What the README shows first: the default task and population, 3 rounds and 2 crossovers."""
-    out = tmp_path / "smoke.h5"
-    result = mpirun(2, [gpo_mpi_command(), "--preset", "smoke", "--out", str(out)], timeout=300)
-    assert result.returncode == 0, result.stderr
-    with h5py.File(out) as run_file:
-        config = json.loads(run_file.attrs["config"])
-        assert (config["env"], config["algo"], config["population"]) == ("Hopper-v5", "gpo", 8)
-        assert run_file["iterations/env_steps"][-1] == 20480 and len(run_file["rounds/time_mutate"]) == 3
-        assert run_file["breeding/parent_pairs"].shape == (2, 8, 2)
-        assert run_file["final/eval_returns"].shape == (8, 2) and np.all(run_file["final/eval_returns"][()] > 0)

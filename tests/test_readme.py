@@ -1,0 +1,50 @@
+"""The README's first-run commands, run as written (so that they cannot go stale)."""
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+from conftest import find_mpiexec
+from test_cli import gpo_mpi_command
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def bash_blocks(text: str) -> list[list[str]]:
+    """The commands of each ```bash block, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def as_run_here(command: str) -> list[str]:
+    words = shlex.split(command)
+    replacements = {"mpiexec": find_mpiexec(), "gpo-mpi": gpo_mpi_command()}
+    return [replacements.get(word, word) for word in words]
+
+
+def test_the_first_run_and_the_tools_after_it_work_as_written(tmp_path):
+    blocks = bash_blocks(README.read_text())
+    [first_run] = [block for block in blocks if any("--preset smoke" in line for line in block)]
+    tools = blocks[blocks.index(first_run) + 1]
+    assert first_run == ["mpiexec -n 2 gpo-mpi --preset smoke"]
+    result = subprocess.run(as_run_here(first_run[0]), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "round 3/3 done" in result.stdout and "evaluation (2 episodes, mean action): best member" in result.stdout
+    run_file = re.search(r"leaves its run file, `([^`]+)`", README.read_text()).group(1)
+    assert [p.name for p in tmp_path.iterdir()] == [run_file]
+    with h5py.File(tmp_path / run_file) as run:  # what the README says the smoke run is
+        config = json.loads(run.attrs["config"])
+        assert (config["env"], config["algo"], config["population"]) == ("Hopper-v5", "gpo", 8)
+        assert run["iterations/env_steps"][-1] == 20480 and len(run["rounds/time_mutate"]) == 3
+        assert run["breeding/parent_pairs"].shape == (2, 8, 2)
+        assert run["final/eval_returns"].shape == (8, 2) and np.all(run["final/eval_returns"][()] > 0)
+    for command in tools:
+        assert run_file in command
+        result = subprocess.run(as_run_here(command), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (command, result.stderr)
+    assert sorted(p.suffix for p in (tmp_path / "plots").iterdir()) == [".png"] * 4
