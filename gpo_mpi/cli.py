@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "
                   f"continue with --resume", file=sys.stderr, flush=True)
         return EXIT_STOPPED
+    if comm.Get_rank() == 0:
+        out = shlex.quote(run_config.out)
+        print(f"run file: {run_config.out}; look at it with: gpo-mpi info {out}, gpo-mpi eval {out} "
+              f"--deterministic, gpo-mpi plot {out} -o plots/", flush=True)
     return 0
 
 

@@ -181,6 +181,8 @@ class Population:
         self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
         self.best_evaluated: dict | None = None  # rank 0: the best policy of the evaluations so far
         self.stop_requested = self.stop_agreed = False
+        self.seconds = defaultdict(float)  # wall time of this process's iterations and breedings, for the ETA
+        self.counts = defaultdict(int)
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(signal_number, self._request_stop)
         if resume:
@@ -253,6 +255,7 @@ class Population:
         config = self.config
         first_step, self.step_in_round = self.step_in_round, 0
         for step in range(first_step, config.iterations_per_round):
+            iteration_start = time.monotonic()
             with self.timer("mutate"):
                 sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, config.batch_steps)
                            for lm in self.local]
@@ -273,6 +276,8 @@ class Population:
                 self.stop_agreed = totals[-1, 0] > 0
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
+                self.seconds["iteration"] += time.monotonic() - iteration_start
+                self.counts["iteration"] += 1
                 self.record_iteration(round_index, stats)
             if config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0:
                 with self.timer("evaluation"):
@@ -452,7 +457,7 @@ class Population:
         if self.scalars:
             sharing = (set_sizes, sample_sizes) if config.has("M") else (None, None)
             self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate, *sharing)
-        eta = (config.total_steps - self.env_steps) / rate
+        eta_text = self.time_left(round_index)
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan
         mean_text, best_text = (f"{finite.mean():8.1f}", f"{finite.max():8.1f}") if len(finite) else ("n/a",) * 2
@@ -460,7 +465,17 @@ class Population:
                         if config.has("M") else "")
         print(f"iter {self.iteration:4d}/{config.iterations} | round {round_index + 1:2d} | "
               f"steps {self.env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
-              f"{sharing_text}ETA {format_duration(max(eta, 0))}", flush=True)
+              f"{sharing_text}ETA {eta_text}", flush=True)
+
+    def time_left(self, round_index: int) -> str:
+        """The iterations and breedings still to come, at the mean wall time of those done so far."""
+        iterations_left = self.config.iterations - self.iteration
+        breedings_left = max(0, self.config.n_rounds - 1 - round_index)
+        seconds = iterations_left * self.seconds["iteration"] / max(1, self.counts["iteration"])
+        if breedings_left and not self.counts["breeding"]:
+            return f"{format_duration(seconds)} + {breedings_left} crossover(s)"
+        seconds += breedings_left * self.seconds["breeding"] / max(1, self.counts["breeding"])
+        return format_duration(seconds)
 
     def collect_child_returns(self, episodes: np.ndarray) -> None:
         """Rank 0: the returns of each child's first n_envs episodes (its environments restart at its birth)."""
@@ -520,6 +535,12 @@ class Population:
     # ---------------------------------------------------------- CROSSOVER
     def crossover(self, jobs: np.ndarray, round_index: int) -> None:
         """Every rank breeds the children of its member slots from the parents' parameters and trajectories."""
+        start = time.monotonic()
+        self.breed_all(jobs, round_index)
+        self.seconds["breeding"] += time.monotonic() - start
+        self.counts["breeding"] += 1
+
+    def breed_all(self, jobs: np.ndarray, round_index: int) -> None:
         config = self.config
         with self.timer("crossover"):
             policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.policy) for m in self.members]))
