@@ -35,6 +35,10 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /final/eval_returns          (m, E)    float64  each policy's returns over eval_episodes whole episodes with
                                                     its mean action (absent with eval_episodes 0)
     /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
+    /evaluations/env_steps, returns (E,), (E, m, episodes): evaluations during training (eval_every)
+    /final/best_evaluated_policy_parameters, best_evaluated_obs_normalizer: the best policy they found
+
+Beside it, RUN.progress.csv holds the per-iteration table (one row per iteration) for tools without h5py.
 
 The file changes only by atomic replacement (copy, write, rename) at every
 checkpoint and at the end, so it is always whole: a running or killed run's
@@ -42,10 +46,12 @@ file can be read with h5py, and shows the run up to its last checkpoint.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import subprocess
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -149,7 +155,8 @@ class RunFileWriter:
             return {name: len(run_file[name]) + len(self.pending.get(name, ())) for name in self._growing}
 
     def commit(self, write_extra=None) -> None:
-        """Write the pending rows, and whatever `write_extra(run_file)` adds, by atomic replacement."""
+        """Write the pending rows, and whatever `write_extra(run_file)` adds, by atomic replacement;
+        then the progress CSV from the new file."""
         with self._replacing() as run_file:
             for name, rows in self.pending.items():
                 dataset = run_file[name]
@@ -158,6 +165,8 @@ class RunFileWriter:
             if write_extra is not None:
                 write_extra(run_file)
         self.pending.clear()
+        with h5py.File(self.path, "r") as run_file:
+            write_progress_csv(run_file, progress_csv_path(self.path))
 
     def commit_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
                      normalizer_state: np.ndarray, eval_returns: np.ndarray | None = None,
@@ -177,3 +186,32 @@ class RunFileWriter:
             final.create_dataset("best_policy_parameters", data=policy_parameters[best_member])
             final.attrs["best_member"] = best_member
         self.commit(write_final)
+
+
+def progress_csv_path(run_path: str) -> str:
+    """RUN.h5 -> RUN.progress.csv, beside it."""
+    stem = run_path[:-3] if run_path.endswith(".h5") else run_path
+    return stem + ".progress.csv"
+
+
+def write_progress_csv(run_file: h5py.File, path: str) -> None:
+    """One row per iteration: steps, time, round, the best and mean member return, each member's return,
+    and the means over members of beta, update KL, |S_i| and effective sample size. Atomically replaced."""
+    iterations = run_file["iterations"]
+    returns = iterations["member_return"][()]
+    m = returns.shape[1]
+    header = (["env_steps", "wall_time", "round", "best_return", "mean_return"]
+              + [f"return_{i}" for i in range(m)]
+              + ["beta_mean", "policy_kl_mean", "share_set_size_mean", "effective_sample_size_mean"])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before the first episodes
+        columns = [iterations["env_steps"][()], iterations["wall_time"][()], iterations["round"][()],
+                   np.nanmax(returns, axis=1), np.nanmean(returns, axis=1), *returns.T,
+                   *(np.nanmean(iterations[name][()], axis=1) for name in
+                     ("beta", "policy_kl", "share_set_size", "effective_sample_size"))]
+    with open(path + ".tmp", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in zip(*columns):
+            writer.writerow(["" if np.isnan(v) else f"{v:.6g}" for v in np.asarray(row, dtype=float)])
+    os.replace(path + ".tmp", path)

@@ -198,7 +198,8 @@ def test_resume_if_exists_starts_a_missing_run_and_the_default_run_file_names_th
                "--resume-if-exists"]
     started = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["Pendulum-v1-single-s3.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Pendulum-v1-single-s3.h5",
+                                                           "Pendulum-v1-single-s3.progress.csv"]
     before = directory_listing(tmp_path)
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "cannot resume: the run in Pendulum-v1-single-s3.h5 is already complete" \

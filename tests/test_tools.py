@@ -301,3 +301,20 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), 3,
                             member_seed(run.config, int(member)) + EVALUATION_SEED_OFFSET, deterministic=True)
     assert again.mean() == means[row, member]
+
+
+def test_a_progress_csv_beside_the_run_file_holds_its_iterations(gpo_run):
+    import csv
+    import h5py
+    rows = list(csv.DictReader(open(str(gpo_run)[:-3] + ".progress.csv")))
+    with h5py.File(gpo_run) as run_file:
+        steps, returns = run_file["iterations/env_steps"][()], run_file["iterations/member_return"][()]
+        beta = run_file["iterations/beta"][()]
+    assert [int(row["env_steps"]) for row in rows] == steps.tolist()
+    for row, member_returns, member_beta in zip(rows, returns, beta):
+        for i, value in enumerate(member_returns):
+            assert (row[f"return_{i}"] == "") if np.isnan(value) else np.isclose(float(row[f"return_{i}"]), value,
+                                                                                  rtol=1e-5)
+        assert np.isclose(float(row["beta_mean"]), member_beta.mean(), rtol=1e-5)
+        if np.isfinite(member_returns).any():
+            assert np.isclose(float(row["best_return"]), np.nanmax(member_returns), rtol=1e-5)
