@@ -271,15 +271,17 @@ def main(tool: str, arguments: list[str]) -> str:
         from . import plot
 
         parser.add_argument("runs", metavar="RUN.h5", nargs="+", help="one run, or several to overlay")
-        parser.add_argument("-o", "--out-dir", default=".", help="where the PNGs go (default: here)")
+        parser.add_argument("-o", "--out-dir", default=".", help="where the figures go (default: here)")
         parser.add_argument("--figures", nargs="+", choices=plot.FIGURES, default=list(plot.FIGURES))
         parser.add_argument("--state-steps", type=int, default=1000,
                             help="states sampled per policy for the states figure")
         parser.add_argument("--seed", type=int, default=0, help="seed of the states figure's crossover and t-SNE")
+        parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="file format (default png)")
         parsed = parser.parse_args(arguments)
         if parsed.state_steps <= 0:
             raise ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
-        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed))
+        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
+                                    parsed.format))
     parser.add_argument("run", metavar="RUN.h5")
     if tool in ("eval", "export"):
         parser.add_argument("--member", type=int, help="member index (default: the best at the end)")

@@ -318,3 +318,68 @@ def test_a_progress_csv_beside_the_run_file_holds_its_iterations(gpo_run):
         assert np.isclose(float(row["beta_mean"]), member_beta.mean(), rtol=1e-5)
         if np.isfinite(member_returns).any():
             assert np.isclose(float(row["best_return"]), np.nanmax(member_returns), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_member_runs(tmp_path_factory):
+    """Single on Pendulum with seeds 0 and 1, and GPO with a population of 2 (3 rounds)."""
+    folder = tmp_path_factory.mktemp("pairs")
+    runs = {}
+    for name, extra in [("single-0", ["--algo", "single", "--seed", "0", "--total-steps", "1024"]),
+                        ("single-1", ["--algo", "single", "--seed", "1", "--total-steps", "1024"]),
+                        ("gpo", ["--rounds", "3", "--total-steps", "2048", "--expert-steps", "64",
+                                 "--dagger-iterations", "1", "--dagger-steps", "64"])]:
+        runs[name] = folder / f"{name}.h5"
+        result = subprocess.run([gpo_mpi_command(), *TINY, "--population", "2", *extra, "--out", str(runs[name])],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    return runs
+
+
+def test_curves_of_several_runs_average_the_seeds_of_each_algorithm_per_environment(two_member_runs, gpo_run):
+    import h5py
+    from gpo_mpi import plot
+    figure = plot.learning_curves([str(two_member_runs["single-0"]), str(two_member_runs["single-1"]),
+                                   str(two_member_runs["gpo"]), str(gpo_run)])
+    assert [ax.get_title() for ax in figure.axes] == ["InvertedPendulum-v5", "Pendulum-v1"]
+    pendulum = figure.axes[1]
+    lines = {line.get_label(): line for line in pendulum.lines}
+    assert sorted(lines) == ["gpo (1 seed(s))", "single (2 seed(s))"]
+    runs = []
+    for seed in (0, 1):
+        with h5py.File(two_member_runs[f"single-{seed}"]) as run_file:
+            runs.append((run_file["iterations/env_steps"][()],
+                         plot.best_member_curve(run_file["iterations/member_return"][()])))
+    grid, mean, error = plot.seed_band(runs)
+    np.testing.assert_allclose(lines["single (2 seed(s))"].get_ydata(), mean)
+    np.testing.assert_allclose(lines["single (2 seed(s))"].get_xdata(), grid)
+    # the band: the two seeds' spread, as the standard error of their mean
+    at = len(grid) // 2
+    two = [np.interp(grid[at], steps, curve) for steps, curve in runs]
+    np.testing.assert_allclose(error[at], abs(two[0] - two[1]) / 2)
+
+
+def test_kl_heatmaps_are_log_scaled_and_show_the_share_sets(gpo_run, two_member_runs, tmp_path):
+    import h5py
+    from matplotlib.colors import LogNorm
+    from gpo_mpi import plot
+    from gpo_mpi.mutate import share_sets
+    from gpo_mpi.tools import open_run, run_config
+    for run in (gpo_run, two_member_runs["gpo"]):
+        with open_run(str(run)) as run_file:
+            config, kl = run_config(run_file), run_file["rounds/kl_matrix"][()]
+        figure = plot.kl_heatmaps(str(run))
+        panels = [ax for ax in figure.axes if ax.images]
+        assert len(panels) == len(kl) and all(isinstance(ax.images[0].norm, LogNorm) for ax in panels)
+        for ax, matrix in zip(panels, kl):
+            expected = sorted((j, i) for i, chosen in enumerate(share_sets(matrix, config.share_epsilon,
+                                                                           config.share_max)) for j in chosen if j != i)
+            dots = sorted(tuple(map(int, point)) for c in ax.collections for point in c.get_offsets())
+            assert dots == expected
+            assert list(ax.get_xticks()) == list(range(len(matrix)))  # whole slots only, also at m = 2
+    result = tool("plot", two_member_runs["gpo"], "-o", tmp_path, "--figures", "kl", "family", "--format", "svg")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpo-family.svg", "gpo-kl.svg"]
+    assert (tmp_path / "gpo-kl.svg").read_text().lstrip().startswith("<?xml")
+    with h5py.File(two_member_runs["gpo"]) as run_file:
+        assert run_file["breeding/parent_pairs"].shape == (2, 2, 2)
