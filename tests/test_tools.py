@@ -383,3 +383,15 @@ def test_kl_heatmaps_are_log_scaled_and_show_the_share_sets(gpo_run, two_member_
     assert (tmp_path / "gpo-kl.svg").read_text().lstrip().startswith("<?xml")
     with h5py.File(two_member_runs["gpo"]) as run_file:
         assert run_file["breeding/parent_pairs"].shape == (2, 2, 2)
+
+
+def test_runs_are_grouped_by_what_they_ran_not_by_seed_or_budget():
+    from gpo_mpi.config import PRESETS, RunConfig
+    from gpo_mpi.plot import _group_label
+    assert _group_label(RunConfig(seed=3, total_steps=10)) == "gpo"
+    assert _group_label(RunConfig(**PRESETS["paper-literal"], seed=1)) == "gpo paper-literal"
+    assert _group_label(RunConfig(components="CS", share_max=2, population=8)) == "gpo CS share_max=2"
+    assert _group_label(RunConfig(population=8, share_max=0)) == _group_label(RunConfig(population=8, share_max=7))
+    # Single and Joint read no GPO field: runs made under other GPO defaults are the same baseline
+    assert _group_label(RunConfig(algo="single", share_epsilon=0.1, share_max=0)) == "single"
+    assert _group_label(RunConfig(algo="joint", policy_lr=1e-4)) == "joint policy_lr=0.0001"
