@@ -151,6 +151,11 @@ def _one_run_curves(plt, path, config, steps, returns, rounds):
         axes.plot(steps, member_returns, color=colour, linewidth=0.8, alpha=0.6,
                   label=f"member {member}" if returns.shape[1] <= 10 else None)
     axes.plot(steps, best_member_curve(returns), color="black", linewidth=2, label="best member")
+    with open_run(path) as run_file:  # evaluations during training (eval_every), when the run made any
+        if "evaluations/env_steps" in run_file and len(run_file["evaluations/env_steps"]):
+            evaluation_means = run_file["evaluations/returns"][()].mean(axis=2)
+            axes.plot(run_file["evaluations/env_steps"][()], evaluation_means.max(axis=1), color="black",
+                      marker="o", linestyle="--", linewidth=1, label="best member, evaluated (mean action)")
     # Between a round's last iteration and the next one's first: selection and crossover.
     for boundary in np.flatnonzero(np.diff(rounds)):
         axes.axvspan(steps[boundary], steps[boundary + 1], color="grey", alpha=0.2, linewidth=0,

@@ -301,6 +301,10 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), 3,
                             member_seed(run.config, int(member)) + EVALUATION_SEED_OFFSET, deterministic=True)
     assert again.mean() == means[row, member]
+    from gpo_mpi import plot
+    [evaluated] = [line for line in plot.learning_curves([str(stopped)]).axes[0].lines
+                   if line.get_label().startswith("best member, evaluated")]
+    np.testing.assert_array_equal(evaluated.get_ydata(), means.max(axis=1))
 
 
 def test_a_progress_csv_beside_the_run_file_holds_its_iterations(gpo_run):
