@@ -10,7 +10,7 @@ Where each part of the paper lives:
 - ``terrain``    the hilly terrain tasks (HopperHilly-v5, ...), registered on import
 - ``kernels``    GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``, numpy references)
 - ``mpi``        every MPI call: broadcasts, gathers, reductions, abort on error
-- ``runfile``, ``checkpoint``  the HDF5 run file and resuming from it
+- ``runfile``, ``checkpoint``, ``snapshot``  the HDF5 run file, resuming from it, environment snapshots
 - ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
 """
 __version__ = "0.1.0"
