@@ -242,18 +242,25 @@ def test_eval_video_where_rendering_cannot_work_is_one_line(gpo_run, tmp_path):
     assert not (tmp_path / "videos").exists()
 
 
-def test_learning_curves_show_every_member_and_the_best(finished_run, gpo_run):
+def test_learning_curves_of_one_run_show_every_member_the_best_and_the_crossovers(gpo_run):
     import h5py
     from gpo_mpi import plot
-    figure = plot.learning_curves([str(finished_run), str(gpo_run)])
-    lines = figure.axes[0].lines
-    best_lines = [line for line in lines if line.get_label().endswith("best member")]
-    assert [line.get_label().split(" (")[0] for line in best_lines] == ["run", "gpo"]
+    figure = plot.learning_curves([str(gpo_run)])
+    lines = {line.get_label(): line for line in figure.axes[0].lines}
     with h5py.File(gpo_run) as run_file:
         steps, returns = run_file["iterations/env_steps"][()], run_file["iterations/member_return"][()]
-    np.testing.assert_array_equal(best_lines[1].get_xdata(), steps)
-    np.testing.assert_array_equal(best_lines[1].get_ydata(), np.nanmax(returns, axis=1))
-    assert len(lines) == 2 + 3 + 2  # two members, then three, each with its run's best
+        rounds = run_file["iterations/round"][()]
+    assert sorted(lines) == ["best member", "member 0", "member 1", "member 2"]
+    for member in range(3):
+        np.testing.assert_array_equal(lines[f"member {member}"].get_xdata(), steps)
+        np.testing.assert_array_equal(lines[f"member {member}"].get_ydata(), returns[:, member])
+    np.testing.assert_array_equal(lines["best member"].get_ydata(), np.nanmax(returns, axis=1))
+    # one shaded span per crossover, from the round's last iteration to the next round's first
+    spans = figure.axes[0].patches
+    boundaries = np.flatnonzero(np.diff(rounds))
+    assert len(spans) == len(boundaries) == 1
+    assert np.isclose(spans[0].get_x(), steps[boundaries[0]]) and np.isclose(
+        spans[0].get_x() + spans[0].get_width(), steps[boundaries[0] + 1])
 
 
 def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpirun, tmp_path):
