@@ -404,3 +404,19 @@ def test_user_environments_resume_exactly_when_captured_and_from_scheduled_check
     resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(out), "--resume"], env=user_envs)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_file_contents(out), run_file_contents(tmp_path / "whole.h5"))
+
+
+def test_a_mujoco_run_stopped_off_the_grid_resumes_exactly(mpirun, tmp_path):
+    """Hopper-v5 (MuJoCo physics in the snapshots): 2 rounds of 12 iterations, stopped after iteration 5."""
+    arguments = ["--env", "Hopper-v5", "--batch-steps", "256", "--population", "2", "--rounds", "2",
+                 "--total-steps", "13312", "--expert-steps", "256", "--dagger-iterations", "1", "--dagger-steps",
+                 "256", "--critic-epochs", "5", "--eval-episodes", "1"]
+    whole = run_whole_with(arguments, tmp_path / "whole.h5")
+    out = tmp_path / "stopped.h5"
+    stopped = mpirun(2, ["interrupt.py", "1", "4", *arguments, "--out", str(out)], timeout=300)
+    assert stopped.returncode == 3, stopped.stderr
+    with h5py.File(out) as run_file:
+        assert len(run_file["iterations/env_steps"]) == 5
+    resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(out), whole)
