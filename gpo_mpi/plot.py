@@ -40,7 +40,7 @@ def _pyplot():
 
 # Fields that only GPO reads: Single and Joint differ in none of them.
 _GPO_ONLY = ("share_", "critic_data", "kl_states", "child_", "expert_", "selector_", "dagger_", "crossover_",
-             "diversity_", "distinct_", "top_fraction", "rounds")
+             "diversity_", "distinct_", "top_fraction")
 # What tells runs of one study apart, and what does not make them different algorithms.
 _NOT_THE_ALGORITHM = {"env", "env_kwargs", "seed", "out", "tensorboard", "checkpoint_every", "eval_every",
                       "eval_episodes", "init_from", "algo", "components", "population", "total_steps", "rounds"}
