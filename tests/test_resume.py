@@ -262,10 +262,13 @@ def test_the_writing_rank_killed_at_random_moments_leaves_a_run_that_resumes_exa
                                 *(["--resume"] if kill else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            # a random moment 1 to 8 iterations on (of 43 in all, so 3 kills never reach the end at any
+            # speed); within an iteration the run spends much of its time writing
+            kill_after = rows_before + int(rng.integers(1, 9))
             deadline = time.monotonic() + 60
-            while run_file_rows(out) <= rows_before and time.monotonic() < deadline:  # running and writing
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 2.0))  # a random moment; the run spends much of its time writing
+            while run_file_rows(out) < kill_after and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.05))
             os.kill(rank_pids(out)[0], signal.SIGKILL)
             job.wait(timeout=60)
         finally:

@@ -242,7 +242,8 @@ def test_array_jobs_name_their_run_files_and_logs_after_the_task(slurm_env, tmp_
 def test_the_time_limit_warning_requeues_the_job_and_scancel_ends_it_for_good(slurm_env, tmp_path):
     """The real thing: --time=2 --signal=B:USR1@75; then a user's scancel, which must not requeue."""
     out = tmp_path / "run.h5"
-    endless = [a if a != "11008" else "77824" for a in LONGER]  # 3 rounds of 100 iterations: never done here
+    # 3 rounds of 3,000 iterations: over 8 minutes at the fastest speed seen (4,400 steps/s), never done in 2
+    endless = [a if a != "11008" else "2305024" for a in LONGER]
     job_id = sbatch(slurm_env, ["--ntasks=2", "--time=2", "--signal=B:USR1@75", f"--chdir={tmp_path}",
                                 "jobs/gpo.sbatch", *endless, "--out", str(out)])
     log = tmp_path / f"gpo-{job_id}.out"
