@@ -316,11 +316,15 @@ def state_visitation(path: str, steps: int, seed: int):
 def plot(paths: list[str], out_dir: str, figures: list[str], state_steps: int, seed: int,
          file_format: str = "png") -> list[str]:
     """Write the asked figures; returns one line per file written or figure skipped."""
-    for path in paths:
-        open_run(path).close()  # every file is a readable run file before anything is drawn
+    lines = []
+    for path in paths:  # every file is a readable run file before anything is drawn
+        with open_run(path) as run_file:
+            if "final" not in run_file:
+                done = len(run_file["iterations/env_steps"])
+                lines.append(f"{path}: not finished; drawn from its {done} of {run_config(run_file).iterations} "
+                             "iterations so far and its latest checkpoint")
     plt = _pyplot()
     ensure_output_directory(out_dir, "plot -o")
-    lines = []
 
     def save(figure, stem: str, name: str, note: str = "") -> None:
         target = Path(out_dir) / f"{stem}-{name}.{file_format}"

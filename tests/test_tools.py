@@ -107,6 +107,10 @@ def test_load_policy_acts_like_the_run_and_reads_stopped_runs(mpirun, finished_r
         assert "the checkpoint at iteration 3 of 10, the run not finished" in result.stdout
     info = tool("info", stopped).stdout
     assert "3 of 10 iterations, not complete" in info
+    plotted = tool("plot", stopped, "-o", tmp_path / "plots", "--figures", "curves")
+    assert plotted.returncode == 0, plotted.stderr
+    assert "not finished; drawn from its 3 of 10 iterations so far" in plotted.stdout
+    assert (tmp_path / "plots" / "stopped-curves.png").exists()
     import pickle
     import h5py
     with h5py.File(stopped) as run_file:  # member 3 lives on rank 1
