@@ -512,9 +512,7 @@ class Population:
             jobs = None
             if self.rank == 0:
                 member_returns = self.returns.member_returns()
-                # A member with no finished episode yet ranks as the worst one.
-                finite = np.isfinite(member_returns)
-                ranked_returns = np.where(finite, member_returns, member_returns[finite].min() if finite.any() else 0.0)
+                ranked_returns = select.ranked_returns(member_returns)
                 weight = select.diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
                                                  config.diversity_weight_end)
                 fitness = select.mixed_fitness(ranked_returns, kl, weight)
@@ -523,12 +521,13 @@ class Population:
                 else:
                     pairs = select.random_pairs(config.population, config.population,
                                                 np.random.default_rng((config.seed, round_index, 17)))
-                fitter = np.where(ranked_returns[pairs[:, 0]] >= ranked_returns[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+                fitter = select.fitter_parents(pairs, member_returns)
                 jobs = np.column_stack([pairs, fitter])
                 self.fitter_parent_returns = member_returns[fitter]
                 self.writer.append(breeding__member_return_before=member_returns, breeding__selection_kl_matrix=kl,
-                                   breeding__parent_pairs=pairs, breeding__pair_fitness=select.pair_fitness(
-                                       fitness, pairs), breeding__parent_returns=member_returns[pairs])
+                                   breeding__parent_pairs=pairs, breeding__fitter_parent=fitter,
+                                   breeding__pair_fitness=select.pair_fitness(fitness, pairs),
+                                   breeding__parent_returns=member_returns[pairs])
             counts = np.array([len(config.member_slots(rank, self.n_ranks)) for rank in range(self.n_ranks)])
             return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import select
 from .config import ConfigError
 from .paths import ensure_output_directory
 from .tools import breed_couple, load_run, open_run, run_config
@@ -236,6 +237,8 @@ def family_tree(path: str):
     with open_run(path) as run_file:
         pairs = run_file["breeding/parent_pairs"][()]
         returns_before = run_file["breeding/member_return_before"][()]
+        fitter_parents = (run_file["breeding/fitter_parent"][()] if "breeding/fitter_parent" in run_file
+                          else np.full(pairs.shape[:2], -1))
         final_returns = run_file["iterations/member_return"][-1] if len(run_file["iterations/env_steps"]) else None
     if not len(pairs):
         raise ConfigError(f"{path} has no breeding record: only gpo runs with more than one round breed")
@@ -243,8 +246,9 @@ def family_tree(path: str):
     population = pairs.shape[1]
     figure, axes = plt.subplots(figsize=(3 + 1.6 * len(generations), 2 + 0.35 * population))
     for breeding, generation_pairs in enumerate(pairs):
-        fitter = np.where(returns_before[breeding][generation_pairs[:, 0]] >= returns_before[breeding][
-            generation_pairs[:, 1]], generation_pairs[:, 0], generation_pairs[:, 1])
+        fitter = fitter_parents[breeding]
+        if (fitter < 0).any():  # not recorded (an older run file): the engine's rule
+            fitter = select.fitter_parents(generation_pairs, returns_before[breeding])
         for child, (x, y) in enumerate(generation_pairs):
             for parent in (x, y):
                 axes.plot([breeding, breeding + 1], [parent, child], color="black",

@@ -23,6 +23,7 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
         member_return_before (B, m)     every member's return at the end of the round's mutation
         selection_kl_matrix  (B, m, m)  KL matrix measured for selection
         parent_pairs         (B, m, 2)  the parents of child i (child i takes member slot i)
+        fitter_parent        (B, m)     the parent child i starts from (-1: a run file from before it was recorded)
         pair_fitness         (B, m)     fitness of each chosen pair
         parent_returns       (B, m, 2)  the two parents' returns
         child_return         (B, m)     mean return of each child's first n_envs training episodes (its
@@ -106,7 +107,8 @@ class RunFileWriter:
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
             "breeding/member_return_before": ((m,), np.float64), "breeding/selection_kl_matrix": ((m, m), np.float64),
-            "breeding/parent_pairs": ((m, 2), np.int64), "breeding/pair_fitness": ((m,), np.float64),
+            "breeding/parent_pairs": ((m, 2), np.int64), "breeding/fitter_parent": ((m,), np.int64),
+            "breeding/pair_fitness": ((m,), np.float64),
             "breeding/parent_returns": ((m, 2), np.float64), "breeding/child_return": ((m,), np.float64),
             "breeding/selector_loss": ((m,), np.float64), "breeding/imitation_loss": ((m,), np.float64),
             "breeding/second_parent_share": ((m,), np.float64),
@@ -115,8 +117,16 @@ class RunFileWriter:
         }
         if lengths is not None:
             with self._replacing() as run_file:
-                for name, length in lengths.items():
+                present = {name: length for name, length in lengths.items() if name in run_file}
+                for name, length in present.items():
                     run_file[name].resize(length, axis=0)
+                for name, (row_shape, dtype) in self._growing.items():
+                    if name not in run_file:  # a run file from an older version: the rows it lacks read -1 or NaN
+                        group_length = max((length for other, length in present.items()
+                                            if other.split("/")[0] == name.split("/")[0]), default=0)
+                        run_file.create_dataset(name, shape=(group_length,) + row_shape,
+                                                maxshape=(None,) + row_shape, dtype=dtype, chunks=(64,) + row_shape,
+                                                fillvalue=-1 if np.issubdtype(dtype, np.integer) else np.nan)
             return
         with h5py.File(self.path + ".tmp", "w") as run_file:
             run_file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,

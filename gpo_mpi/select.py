@@ -77,6 +77,19 @@ def random_pairs(n_members: int, n_pairs: int, rng: np.random.Generator) -> np.n
     return np.column_stack([first, second])
 
 
+def ranked_returns(member_returns: np.ndarray) -> np.ndarray:
+    """Returns to rank members by: a member with no finished episode yet (NaN) ranks as the worst one."""
+    finite = np.isfinite(member_returns)
+    return np.where(finite, member_returns, member_returns[finite].min() if finite.any() else 0.0)
+
+
+def fitter_parents(pairs: np.ndarray, member_returns: np.ndarray) -> np.ndarray:
+    """The parent of each pair with the higher ranked return (the first on a tie): the one whose
+    networks the child starts from."""
+    ranked = ranked_returns(member_returns)
+    return np.where(ranked[pairs[:, 0]] >= ranked[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
+
+
 def pair_fitness(fitness: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Fitness of each chosen pair, for the record."""
     return fitness[pairs[:, 0], pairs[:, 1]]

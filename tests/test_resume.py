@@ -95,6 +95,23 @@ def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterr
     assert_same_run(run_file_contents(out), uninterrupted[n_ranks])
 
 
+def test_a_run_file_from_before_the_fitter_parent_record_resumes_with_it_marked_unknown(mpirun, tmp_path,
+                                                                                          uninterrupted):
+    """A run file without breeding/fitter_parent (written by an older gpo-mpi) resumes: the breedings before the
+    stop read -1, the later ones are recorded, and everything else equals the uninterrupted run."""
+    out = tmp_path / "run.h5"
+    assert stop(mpirun, 2, out, 1, 12) == 13  # a round's last iteration: stops after breeding 1
+    with h5py.File(out, "a") as run_file:
+        del run_file["breeding/fitter_parent"]
+    resumed = mpirun(2, [gpo_mpi_command(), *OFF_GRID, "--out", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    contents, expected = run_file_contents(out), uninterrupted[2]
+    fitter, expected_fitter = contents.pop("breeding/fitter_parent"), expected["breeding/fitter_parent"]
+    np.testing.assert_array_equal(fitter[0], -1)
+    np.testing.assert_array_equal(fitter[1:], expected_fitter[1:])
+    assert_same_run(contents, {k: v for k, v in expected.items() if k != "breeding/fitter_parent"})
+
+
 def test_a_run_stopped_and_resumed_five_times_equals_uninterrupted(mpirun, tmp_path, uninterrupted):
     out = tmp_path / "run.h5"
     rng = np.random.default_rng(2026)

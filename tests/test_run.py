@@ -268,6 +268,10 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
                                               one["breeding/parent_returns"]):  # the fittest distinct couples
         np.testing.assert_array_equal(chosen, select.fittest_pairs(select.performance_fitness(before), 4))
         np.testing.assert_array_equal(parent_returns, before[chosen])
+    fitter = one["breeding/fitter_parent"]  # recorded as the engine chose it: the higher return of each couple
+    np.testing.assert_array_equal(fitter, np.where(one["breeding/parent_returns"][:, :, 0]
+                                                   >= one["breeding/parent_returns"][:, :, 1], pairs[:, :, 0],
+                                                   pairs[:, :, 1]))
     child_returns = one["breeding/child_return"]
     assert child_returns.shape == (2, 4) and np.all(np.isfinite(child_returns)) and np.all(child_returns < 0)
     # Each child's environments restart at its birth, so its round's only iteration (32 steps a column,
@@ -287,7 +291,7 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
     for n_ranks in (2, 3, 4):
         np.testing.assert_array_equal(runs[n_ranks]["breeding/parent_pairs"], pairs)
         for name in ("final/policy_parameters", "final/critic_parameters", "iterations/member_return",
-                     "breeding/child_return", "rounds/kl_matrix", "final/eval_returns"):
+                     "breeding/child_return", "breeding/fitter_parent", "rounds/kl_matrix", "final/eval_returns"):
             np.testing.assert_array_equal(runs[n_ranks][name], one[name], err_msg=name)
 
 

@@ -27,6 +27,15 @@ def test_ties_go_to_the_first_couple_in_order():
     np.testing.assert_array_equal(pairs, [[0, 1], [0, 2], [1, 2]])
 
 
+def test_the_fitter_parent_has_the_higher_return_and_a_member_without_episodes_ranks_last():
+    returns = np.array([5.0, np.nan, 7.0, 5.0])
+    pairs = np.array([[0, 2], [2, 0], [1, 3], [3, 1], [0, 3], [3, 0]])
+    # a tie (0 and 3 at 5.0) goes to the first parent of the pair; NaN ranks as the lowest finite return
+    np.testing.assert_array_equal(select.fitter_parents(pairs, returns), [2, 2, 1, 3, 0, 3])
+    np.testing.assert_array_equal(select.ranked_returns(returns), [5.0, 5.0, 7.0, 5.0])
+    np.testing.assert_array_equal(select.fitter_parents(np.array([[0, 1]]), np.array([np.nan, np.nan])), [0])
+
+
 def test_two_members_give_their_one_couple_twice():
     np.testing.assert_array_equal(select.fittest_pairs(select.performance_fitness(np.array([3.0, 4.0])), 2),
                                   [[0, 1], [0, 1]])

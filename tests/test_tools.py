@@ -185,17 +185,39 @@ def test_plot_family_tree_and_heatmaps_follow_the_run(gpo_run):
     from gpo_mpi import plot
     with h5py.File(gpo_run) as run_file:
         pairs = run_file["breeding/parent_pairs"][()]
+        fitter = run_file["breeding/fitter_parent"][()]
         kl = run_file["rounds/kl_matrix"][()]
     tree = plot.family_tree(str(gpo_run))
     edges = sorted((x[0], y[0], x[1], y[1]) for x, y in (line.get_data() for line in tree.axes[0].lines))
     expected = sorted((b, parent, b + 1, child) for b, generation in enumerate(pairs)
                       for child, couple in enumerate(generation) for parent in couple)
     assert len(pairs) == 1 and edges == expected
+    solid = sorted((*line.get_xdata(), *line.get_ydata()) for line in tree.axes[0].lines
+                   if line.get_linestyle() == "-")  # x0, x1, y0, y1: from the fitter parent
+    assert solid == sorted((b, b + 1, fitter[b, child], child) for b in range(len(pairs))
+                           for child in range(pairs.shape[1]))
     heatmaps = plot.kl_heatmaps(str(gpo_run))
     images = [axes.images[0].get_array() for axes in heatmaps.axes if axes.images]
     assert len(images) == len(kl) == 2
     for image, matrix in zip(images, kl):
         np.testing.assert_array_equal(image, matrix)
+
+
+def test_the_family_tree_draws_the_recorded_fitter_parent(gpo_run, tmp_path):
+    """The solid edge is the parent the run file names, not one the plot works out again."""
+    import shutil
+    import h5py
+    from gpo_mpi import plot
+    changed = tmp_path / "changed.h5"
+    shutil.copyfile(gpo_run, changed)
+    with h5py.File(changed, "a") as run_file:
+        pairs = run_file["breeding/parent_pairs"][()]
+        other = np.where(run_file["breeding/fitter_parent"][()] == pairs[:, :, 0], pairs[:, :, 1], pairs[:, :, 0])
+        run_file["breeding/fitter_parent"][...] = other
+    tree = plot.family_tree(str(changed))
+    solid = sorted((int(line.get_xdata()[0]), int(line.get_ydata()[0]), int(line.get_ydata()[1]))
+                   for line in tree.axes[0].lines if line.get_linestyle() == "-")
+    assert solid == sorted((0, int(other[0, child]), child) for child in range(pairs.shape[1]))
 
 
 def test_plot_overlays_several_runs_and_skips_what_a_run_lacks(finished_run, gpo_run, tmp_path):
