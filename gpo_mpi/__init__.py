@@ -4,12 +4,13 @@ Where each part of the paper lives:
 
 - ``engine``     Algorithm 1: the rounds of MUTATE, SELECT, CROSSOVER over the ranks
 - ``mutate``     PPO (adaptive KL penalty) and A2C, data sharing, the KL matrix
-- ``select``     performance and diversity fitness, choosing couples
+- ``select``     performance and diversity fitness, choosing couples and the fitter parent of each
 - ``crossover``  state-space crossover by imitation (selector, DAgger), parameter-space crossover
 - ``rollout``    environments, sampling, shared observation normalization
 - ``terrain``    the hilly terrain tasks (HopperHilly-v5, ...), registered on import
 - ``kernels``    GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``, numpy references)
 - ``mpi``        every MPI call: broadcasts, gathers, reductions, abort on error
+- ``seeds``      every seed derived from the run's seed, by slot, iteration and round
 - ``runfile``, ``checkpoint``, ``snapshot``  the HDF5 run file, resuming from it, environment snapshots
 - ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
 """

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import checkpoint, crossover, mpi, select
+from . import checkpoint, crossover, mpi, seeds, select
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .mutate import (DataParallel, Member, adam_state, kl_matrix, load_adam_state, pool_batches, share_sets,
@@ -40,13 +40,6 @@ from .runfile import RunFileWriter
 from .scalars import TensorBoardScalars
 
 RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
-EVALUATION_SEED_OFFSET = 500_000  # evaluation episodes never reuse a training environment's seed
-
-
-def member_seed(config: RunConfig, index: int) -> int:
-    return config.seed + 1000 * index
-
-
 def agree_on_startup(comm, message: str | None) -> None:
     """Raise ConfigError on every rank if start-up failed on any (see mpi.first_error)."""
     failure = mpi.first_error(comm, message)
@@ -220,17 +213,18 @@ class Population:
         slots = config.member_slots(self.rank, self.n_ranks)
         self.first_slot = slots.start
         if self.joint:  # one policy, the same initial weights on every rank
-            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, member_seed(config, 0))
+            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, seeds.member(config.seed, 0))
             members = [joint_member] * len(slots)
         else:
-            members = [Member.create(i, self.obs_dim, self.act_dim, config, member_seed(config, i)) for i in slots]
+            members = [Member.create(i, self.obs_dim, self.act_dim, config, seeds.member(config.seed, i))
+                       for i in slots]
         # Crossover's selector learns from each parent's whole round of episodes.
         records_episodes = config.has("C") and config.crossover_operator == "state"
         local = []
         for slot, member in zip(slots, members):
             recorder = EpisodeRecorder(config.n_envs, recorder_stride(config)) if records_episodes else None
             name = f"joint sampler {slot}" if self.joint else f"member {slot}"
-            seed = member_seed(config, slot) + 1
+            seed = seeds.training_environments(config.seed, slot)
             local.append(LocalMember(member, Sampler(self.env, config.n_envs, seed, name, recorder), seed))
         return local
 
@@ -296,7 +290,7 @@ class Population:
         """New episodes in these slots' environments (default: all), seeded by slot and iteration: for
         a newborn child, and at checkpoints where the environments cannot be snapshotted."""
         for lm in self.local if slots is None else slots:
-            lm.sampler.restart(lm.sampler_seed + 7919 * self.iteration)
+            lm.sampler.restart(seeds.restart(lm.sampler_seed, self.iteration))
 
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
         """Save everything needed to go on from (round, step) into the run file."""
@@ -416,8 +410,7 @@ class Population:
     def measure_kl_matrix(self) -> np.ndarray:
         """KL[pi_i || pi_j] for all members, on states pooled from every member's last batch."""
         def subsample(member_index: int, batch: Batch) -> np.ndarray:
-            # Seeded by member and iteration, not rank, so the states do not depend on the rank layout.
-            rng = np.random.default_rng((self.config.seed, member_index, self.iteration))
+            rng = seeds.kl_states(self.config.seed, member_index, self.iteration)
             return batch.obs[rng.choice(batch.n_steps, min(self.config.kl_states, batch.n_steps), replace=False)]
 
         own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
@@ -520,7 +513,7 @@ class Population:
                     pairs = select.fittest_pairs(fitness, config.population, config.distinct_couples)
                 else:
                     pairs = select.random_pairs(config.population, config.population,
-                                                np.random.default_rng((config.seed, round_index, 17)))
+                                                seeds.random_couples(config.seed, round_index))
                 fitter = select.fitter_parents(pairs, member_returns)
                 jobs = np.column_stack([pairs, fitter])
                 self.fitter_parent_returns = member_returns[fitter]
@@ -574,7 +567,7 @@ class Population:
         for lm, last_batch in zip(self.local, self.last_batches):
             # A member that finished no episode in the round falls back on its last batch's fragments.
             trajectories = lm.sampler.recorder.take() or crossover.batch_trajectories(last_batch)
-            rng = np.random.default_rng((config.seed, lm.member.index, round_index))
+            rng = seeds.selector_states(config.seed, lm.member.index, round_index)
             states, returns = crossover.selector_data(trajectories, config.top_fraction, config.selector_states, rng)
             rows.append(np.column_stack([np.full(len(states), lm.member.index), returns, states]))
         all_rows, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(rows))
@@ -587,7 +580,7 @@ class Population:
               round_index: int) -> tuple[float, float, float]:
         """Replace `lm`'s member by the child of x and y. Returns the crossover diagnostics."""
         config = self.config
-        seed = member_seed(config, lm.member.index) + 100 * (round_index + 1)
+        seed = seeds.child(config.seed, lm.member.index, round_index)
         parents = []
         for index in (x, y):
             parent = GaussianPolicy(self.obs_dim, self.act_dim, config.policy_hidden)
@@ -607,9 +600,8 @@ class Population:
         elif config.crossover_operator == "parameter":
             crossover.parameter_space_crossover(parents[0], parents[1], member.policy, np.random.default_rng(seed))
         else:
-            # Its own environments, seeded by slot and round: the child does not depend on the rank layout.
-            sampler = Sampler(self.env, config.n_envs, seed + 7, f"crossover for member "
-                              f"{lm.member.index}")
+            sampler = Sampler(self.env, config.n_envs, seeds.crossover_environments(seed),
+                              f"crossover for member {lm.member.index}")
             record = crossover.state_space_crossover(parents[0], parents[1], parent_data[x], parent_data[y],
                                                      member.policy, sampler, self.normalizer, config, seed)
             sampler.close()
@@ -637,7 +629,7 @@ class Population:
         config = self.config
         members = self.members if not self.joint or self.rank == 0 else []
         rows = np.array([[member.index, *episode_returns(member.policy, self.normalizer, self.env, config.eval_episodes,
-                                                          member_seed(config, member.index) + EVALUATION_SEED_OFFSET,
+                                                          seeds.evaluation(config.seed, member.index),
                                                           deterministic=True)]
                          for member in members]).reshape(-1, 1 + config.eval_episodes)
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import crossover
+from . import crossover, seeds
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import Critic, GaussianPolicy, load_flat_parameters
@@ -164,7 +164,7 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[
     obs_dim, act_dim = run.normalizer.mean.shape[0], run.policies[first].log_std.shape[0]
     state_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
     crossover.copy_module(run.policies[first], state_child)
-    sampler = Sampler(env, config.n_envs, seed + 7, f"crossover of {first} and {second}")
+    sampler = Sampler(env, config.n_envs, seeds.crossover_environments(seed), f"crossover of {first} and {second}")
     crossover.state_space_crossover(run.policies[first], run.policies[second], *parent_data, state_child, sampler,
                                     run.normalizer, config, seed)
     sampler.close()

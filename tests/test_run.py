@@ -297,14 +297,14 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
 
 def assert_evaluation_repeats(path, evaluation):
     """Each member's stored evaluation is its mean-action return on the evaluation seeds."""
-    from gpo_mpi.engine import EVALUATION_SEED_OFFSET, member_seed
+    from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
     from gpo_mpi.tools import load_run
     finished = load_run(str(path))
     for index, policy in enumerate(finished.policies):
         returns = episode_returns(policy, finished.normalizer, EnvSpec.of(finished.config), evaluation.shape[1],
-                                  member_seed(finished.config, index) + EVALUATION_SEED_OFFSET, deterministic=True)
+                                  seeds.evaluation(finished.config.seed, index), deterministic=True)
         np.testing.assert_allclose(returns, evaluation[index], rtol=1e-9)
 
 

@@ -291,7 +291,7 @@ def test_learning_curves_of_one_run_show_every_member_the_best_and_the_crossover
 
 def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpirun, tmp_path):
     """Every 2 iterations; stopped after iteration 4, whose evaluation and checkpoint hold the same policies."""
-    from gpo_mpi.engine import EVALUATION_SEED_OFFSET, member_seed
+    from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
     from gpo_mpi.tools import read_member
@@ -310,7 +310,7 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     np.testing.assert_array_equal(steps, [512, 1024])
     for member in range(4):
         run, _ = read_member(str(stopped), member)
-        seed = member_seed(run.config, member) + EVALUATION_SEED_OFFSET
+        seed = seeds.evaluation(run.config.seed, member)
         again = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), 3, seed,
                                 deterministic=True)
         np.testing.assert_array_equal(again, returns[-1, member])
@@ -332,7 +332,7 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     load_flat_parameters(policy, best_parameters)
     run.normalizer.load_state(best_normalizer)
     again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), 3,
-                            member_seed(run.config, int(member)) + EVALUATION_SEED_OFFSET, deterministic=True)
+                            seeds.evaluation(run.config.seed, int(member)), deterministic=True)
     assert again.mean() == means[row, member]
     from gpo_mpi import plot
     [evaluated] = [line for line in plot.learning_curves([str(stopped)]).axes[0].lines
