@@ -26,28 +26,9 @@ import h5py
 import numpy as np
 
 from .config import ConfigError, RunConfig, to_dict
-from .mutate import Member
 from .runfile import FORMAT
 
 GROUP = "checkpoint"
-
-
-def member_state(member: Member) -> dict:
-    return dict(index=member.index, policy=member.policy.state_dict(), critic=member.critic.state_dict(),
-                policy_optimizer=member.policy_optimizer.state_dict(),
-                critic_optimizer=member.critic_optimizer.state_dict(), beta=member.beta,
-                generator=member.generator.get_state())
-
-
-def restore_member(member: Member, state: dict) -> None:
-    if state["index"] != member.index:
-        raise ConfigError(f"checkpoint holds member {state['index']} where member {member.index} was expected")
-    member.policy.load_state_dict(state["policy"])
-    member.critic.load_state_dict(state["critic"])
-    member.policy_optimizer.load_state_dict(state["policy_optimizer"])
-    member.critic_optimizer.load_state_dict(state["critic_optimizer"])
-    member.beta = state["beta"]
-    member.generator.set_state(state["generator"])
 
 
 def write_group(run_file: h5py.File, shared_state: dict, rank_states: list[bytes]) -> None:

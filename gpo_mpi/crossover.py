@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .mutate import gaussian_kl, minibatch_indices
+from .learner import gaussian_kl, minibatch_indices
 from .networks import GaussianPolicy, Selector
 from .rollout import Batch, ObsNormalizer, Sampler
 

@@ -32,8 +32,8 @@ import torch
 from . import checkpoint, crossover, mpi, seeds, select
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
-from .mutate import (DataParallel, Member, adam_state, kl_matrix, load_adam_state, pool_batches, share_sets,
-                     update)
+from .learner import Member, adam_state, load_adam_state
+from .mutate import DataParallel, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
 from .runfile import RunFileWriter
@@ -296,7 +296,7 @@ class Population:
         """Save everything needed to go on from (round, step) into the run file."""
         if not self.captures_environments:
             self.restart_samplers()
-        rank_state = pickle.dumps(dict(members=[checkpoint.member_state(member) for member in self.members],
+        rank_state = pickle.dumps(dict(members=[member.state() for member in self.members],
                                        samplers=[lm.sampler.state(self.captures_environments)
                                                  for lm in self.local]))
         rank_states = self._mpi(mpi.gather_objects, rank_state)
@@ -331,7 +331,7 @@ class Population:
             if "samplers" not in rank_state:
                 raise ConfigError("it is from an older gpo-mpi")
             for member, state in zip(self.members, rank_state["members"], strict=True):
-                checkpoint.restore_member(member, state)
+                member.load_state(state)
             for lm, sampler_state in zip(self.local, rank_state["samplers"], strict=True):
                 lm.sampler.load_state(sampler_state)
         except Exception as error:  # damaged bytes can fail in any way while unpickled or loaded

@@ -24,19 +24,14 @@ import torch
 
 from . import kernels
 from .config import RunConfig
-from .networks import Critic, GaussianPolicy, gaussian_log_prob
+from .learner import Member, gaussian_kl, minibatch_indices
+from .networks import gaussian_log_prob
 from .rollout import Batch, NonFiniteError
 
 
 def importance_ratios(log_probs_learner: torch.Tensor, log_probs_behaviour: torch.Tensor) -> torch.Tensor:
     """pi_learner(a|s) / pi_behaviour(a|s); exactly 1 where the learner is the behaviour policy."""
     return torch.exp(log_probs_learner - log_probs_behaviour)
-
-
-def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q) -> torch.Tensor:
-    """KL[p || q] per row for diagonal Gaussians, differentiable (torch twin of kernels.diag_gaussian_kl)."""
-    return (log_std_q - log_std_p + (torch.exp(2 * log_std_p) + (mean_p - mean_q) ** 2)
-            / (2 * torch.exp(2 * log_std_q)) - 0.5).sum(-1)
 
 
 def ppo_loss(ratios: torch.Tensor, advantages: torch.Tensor, kl_old_new: torch.Tensor, beta: float,
@@ -104,54 +99,6 @@ def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
     if kl < kl_target / 1.5:
         return beta / 2.0
     return beta
-
-
-@dataclass
-class Member:
-    """One population member: its networks, optimizers and penalty weight."""
-    index: int
-    policy: GaussianPolicy
-    critic: Critic
-    policy_optimizer: torch.optim.Optimizer
-    critic_optimizer: torch.optim.Optimizer
-    beta: float
-    generator: torch.Generator  # minibatch order
-
-    @classmethod
-    def create(cls, index: int, obs_dim: int, act_dim: int, config: RunConfig, seed: int) -> "Member":
-        torch.manual_seed(seed)  # the initial weights depend on the member's seed alone
-        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
-        critic = Critic(obs_dim, config.critic_hidden)
-        return cls(index=index, policy=policy, critic=critic,
-                   policy_optimizer=torch.optim.Adam(policy.parameters(), lr=config.policy_lr, fused=True),
-                   critic_optimizer=torch.optim.Adam(critic.parameters(), lr=config.critic_lr, fused=True),
-                   beta=config.initial_beta, generator=torch.Generator().manual_seed(seed))
-
-
-def adam_state(optimizer: torch.optim.Adam) -> np.ndarray:
-    """An Adam optimizer's state as one flat float32 vector: its step count, then
-    every parameter's first moments, then every parameter's second moments
-    (zeros before its first step), to move between ranks like parameters."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    states = [optimizer.state.get(p, {}) for p in parameters]
-    step = float(states[0]["step"]) if "step" in states[0] else 0.0
-    moments = [state[name].reshape(-1) if name in state else torch.zeros(p.numel())
-               for name in ("exp_avg", "exp_avg_sq") for p, state in zip(parameters, states)]
-    return torch.cat([torch.tensor([step]), *moments]).numpy().astype(np.float32)
-
-
-def load_adam_state(optimizer: torch.optim.Adam, vector: np.ndarray) -> None:
-    """Inverse of adam_state (a step count of 0 leaves the optimizer fresh)."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    if not vector[0]:
-        return
-    sizes = [p.numel() for p in parameters]
-    first, second = np.split(vector[1:], 2)
-    for p, exp_avg, exp_avg_sq in zip(parameters, np.split(first, np.cumsum(sizes)[:-1]),
-                                      np.split(second, np.cumsum(sizes)[:-1])):
-        optimizer.state[p] = dict(step=torch.tensor(float(vector[0])),
-                                  exp_avg=torch.tensor(exp_avg.reshape(p.shape)),
-                                  exp_avg_sq=torch.tensor(exp_avg_sq.reshape(p.shape)))
 
 
 @dataclass
@@ -230,17 +177,6 @@ def pool_batches(member: Member, batches: Sequence[Batch], own_index: int | None
                       weights=torch.from_numpy(weights),
                       advantages=torch.from_numpy(advantages.astype(np.float32)),
                       returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own))
-
-
-def minibatch_indices(n_rows: int, size: int, generator: torch.Generator):
-    """Index tensors covering a random permutation of the rows in chunks of `size`
-    (the last may be smaller); size 0 means all rows at once, in order."""
-    if size == 0 or size >= n_rows:
-        yield torch.arange(n_rows)
-        return
-    order = torch.randperm(n_rows, generator=generator)
-    for start in range(0, n_rows, size):
-        yield order[start:start + size]
 
 
 def _step(optimizers, parameter_groups, loss: torch.Tensor, max_grad_norm: float,

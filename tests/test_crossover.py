@@ -5,7 +5,7 @@ import torch
 
 from gpo_mpi import crossover
 from gpo_mpi.config import RunConfig
-from gpo_mpi.mutate import gaussian_kl
+from gpo_mpi.learner import gaussian_kl
 from gpo_mpi.networks import GaussianPolicy, Selector
 from gpo_mpi.rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
 

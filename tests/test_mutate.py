@@ -7,9 +7,9 @@ import torch
 
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
-from gpo_mpi.mutate import (Member, a2c_loss, adam_state, adapt_beta, effective_sample_size, gaussian_kl,
-                            importance_ratios, kl_matrix, load_adam_state, pool_batches, ppo_loss, share_sets,
-                            standardize, update)
+from gpo_mpi.learner import Member, adam_state, gaussian_kl, load_adam_state
+from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, kl_matrix, pool_batches,
+                            ppo_loss, share_sets, standardize, update)
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
@@ -244,3 +244,21 @@ def test_adam_state_moves_as_a_flat_vector():
         network.policy_optimizer.step()
     for original, copied in zip(member.policy.parameters(), copy.policy.parameters()):
         torch.testing.assert_close(original, copied, rtol=0, atol=0)
+
+
+def test_a_members_state_loads_into_a_fresh_member_and_it_goes_on_identically():
+    import pickle
+    from gpo_mpi.config import ConfigError
+    batch = sampled_batch(GaussianPolicy(3, 1), seed=3)
+    trained = Member.create(2, 3, 1, CONFIG, seed=5)
+    update(trained, pool_batches(trained, [batch], own_index=0, config=CONFIG), CONFIG)  # Adam state, beta moved
+    restored = Member.create(2, 3, 1, CONFIG, seed=99)  # other initial weights and minibatch order
+    restored.load_state(pickle.loads(pickle.dumps(trained.state())))  # as a checkpoint stores it
+    for member in (trained, restored):
+        update(member, pool_batches(member, [batch], own_index=0, config=CONFIG), CONFIG)
+    for a, b in zip([*trained.policy.parameters(), *trained.critic.parameters()],
+                    [*restored.policy.parameters(), *restored.critic.parameters()]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert restored.beta == trained.beta
+    with pytest.raises(ConfigError, match="checkpoint holds member 2 where member 3 was expected"):
+        Member.create(3, 3, 1, CONFIG, seed=5).load_state(trained.state())
