@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import seeds
 from .config import RunConfig
 from .learner import gaussian_kl, minibatch_indices
 from .networks import GaussianPolicy, Selector
-from .rollout import Batch, ObsNormalizer, Sampler
+from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
 def trajectory_bounds(batch: Batch) -> list[tuple[int, int]]:
@@ -191,6 +192,34 @@ def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy,
     second_share = float(expert.choose_parents(expert_batch.obs, rng).mean())
     return CrossoverRecord(env_steps=config.crossover_steps_per_child, selector_loss=selector_loss,
                            imitation_loss=imitation_loss, second_parent_share=second_share)
+
+
+def operator_of(config: RunConfig) -> str:
+    """The run's crossover: "copy" without component C (the ablation base: the child is its fitter
+    parent), else config.crossover_operator ("state" or "parameter")."""
+    return config.crossover_operator if config.has("C") else "copy"
+
+
+def make_child(operator: str, parents: tuple[GaussianPolicy, GaussianPolicy], fitter: int,
+               parent_data: tuple | None, child: GaussianPolicy, env: EnvSpec, normalizer: ObsNormalizer,
+               config: RunConfig, seed: int, name: str) -> tuple[float, float, float]:
+    """CROSSOVER of `parents` into `child` (which holds its initial networks) by `operator` (see
+    `operator_of`); `fitter` (0 or 1) is the fitter parent, `parent_data` each parent's selector data
+    (state-space only). State-space crossover acts in environments of its own, seeded from `seed`.
+    Returns the diagnostics: selector loss, imitation loss and the second parent's share (NaN where
+    the operator has none)."""
+    if operator == "copy":
+        copy_module(parents[fitter], child)
+        return (np.nan, np.nan, np.nan)
+    if operator == "parameter":
+        parameter_space_crossover(parents[0], parents[1], child, np.random.default_rng(seed))
+        return (np.nan, np.nan, np.nan)
+    sampler = Sampler(env, config.n_envs, seeds.crossover_environments(seed), name)
+    try:
+        record = state_space_crossover(*parents, *parent_data, child, sampler, normalizer, config, seed)
+    finally:
+        sampler.close()
+    return (record.selector_loss, record.imitation_loss, record.second_parent_share)
 
 
 def child_sampling_actions(policy: GaussianPolicy):

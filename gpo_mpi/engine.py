@@ -594,18 +594,10 @@ class Population:
         if optimizers is not None:
             load_adam_state(member.policy_optimizer, optimizers[0][fitter])
             load_adam_state(member.critic_optimizer, optimizers[1][fitter])
-        diagnostics = (np.nan, np.nan, np.nan)
-        if not config.has("C"):
-            load_flat_parameters(member.policy, policies[fitter])  # the ablation base copies the fitter parent
-        elif config.crossover_operator == "parameter":
-            crossover.parameter_space_crossover(parents[0], parents[1], member.policy, np.random.default_rng(seed))
-        else:
-            sampler = Sampler(self.env, config.n_envs, seeds.crossover_environments(seed),
-                              f"crossover for member {lm.member.index}")
-            record = crossover.state_space_crossover(parents[0], parents[1], parent_data[x], parent_data[y],
-                                                     member.policy, sampler, self.normalizer, config, seed)
-            sampler.close()
-            diagnostics = (record.selector_loss, record.imitation_loss, record.second_parent_share)
+        parent_pair = (parent_data[x], parent_data[y]) if parent_data is not None else None
+        diagnostics = crossover.make_child(crossover.operator_of(config), tuple(parents), (x, y).index(fitter),
+                                           parent_pair, member.policy, self.env, self.normalizer, config, seed,
+                                           f"crossover for member {lm.member.index}")
         lm.member = member
         self.restart_samplers([lm])  # its first episodes are its own (the child return recorded)
         return diagnostics

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import crossover, seeds
+from . import crossover
 from .config import ConfigError, RunConfig
 from .evaluate import episode_returns
 from .networks import Critic, GaussianPolicy, load_flat_parameters
@@ -162,16 +162,15 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[
         parent_data.append(crossover.selector_data(trajectories, config.top_fraction, config.selector_states,
                                                    np.random.default_rng(seed + offset)))
     obs_dim, act_dim = run.normalizer.mean.shape[0], run.policies[first].log_std.shape[0]
-    state_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-    crossover.copy_module(run.policies[first], state_child)
-    sampler = Sampler(env, config.n_envs, seeds.crossover_environments(seed), f"crossover of {first} and {second}")
-    crossover.state_space_crossover(run.policies[first], run.policies[second], *parent_data, state_child, sampler,
-                                    run.normalizer, config, seed)
-    sampler.close()
-    parameter_child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
-    crossover.parameter_space_crossover(run.policies[first], run.policies[second], parameter_child,
-                                        np.random.default_rng(seed))
-    return state_child, parameter_child
+    parents = (run.policies[first], run.policies[second])
+    children = []
+    for operator in ("state", "parameter"):
+        child = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+        crossover.copy_module(parents[0], child)
+        crossover.make_child(operator, parents, 0, parent_data, child, env, run.normalizer, config, seed,
+                             f"crossover of {first} and {second}")
+        children.append(child)
+    return tuple(children)
 
 
 class ActingPolicy(nn.Module):
