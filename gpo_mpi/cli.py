@@ -133,6 +133,47 @@ class _EarlySignals:
         self.received = True
 
 
+def run_tool(tool: str, arguments: list[str]) -> str:
+    """Run one tool (`gpo-mpi TOOL ...`); returns what it prints. Raises ConfigError for bad input."""
+    from . import tools
+
+    parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}")
+    if tool == "plot":
+        from . import plot
+
+        parser.add_argument("runs", metavar="RUN.h5", nargs="+", help="one run, or several to overlay")
+        parser.add_argument("-o", "--out-dir", default=".", help="where the figures go (default: here)")
+        parser.add_argument("--figures", nargs="+", choices=plot.FIGURES, default=list(plot.FIGURES))
+        parser.add_argument("--state-steps", type=int, default=1000,
+                            help="states sampled per policy for the states figure")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the states figure's crossover and t-SNE")
+        parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="file format (default png)")
+        parsed = parser.parse_args(arguments)
+        if parsed.state_steps <= 0:
+            raise config.ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
+        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
+                                    parsed.format))
+    parser.add_argument("run", metavar="RUN.h5")
+    if tool in ("eval", "export"):
+        parser.add_argument("--member", type=int, help="member index (default: the best at the end)")
+    if tool == "eval":
+        parser.add_argument("--episodes", type=int, default=10)
+        parser.add_argument("--seed", type=int, default=12345)
+        parser.add_argument("--deterministic", action="store_true", help="act with the mean instead of sampling")
+        parser.add_argument("--video", metavar="DIR", help="record the first episode as an MP4 in DIR (MuJoCo's "
+                                                          "offscreen renderer; MUJOCO_GL=egl unless set)")
+    if tool == "export":
+        parser.add_argument("-o", "--output", required=True, metavar="policy.pt")
+    parsed = parser.parse_args(arguments)
+    if tool == "info":
+        return tools.info(parsed.run)
+    if tool == "export":
+        return tools.export(parsed.run, parsed.output, parsed.member)
+    if parsed.episodes <= 0:
+        raise config.ConfigError(f"--episodes must be positive, got {parsed.episodes}")
+    return tools.evaluate(parsed.run, parsed.episodes, parsed.member, parsed.seed, parsed.deterministic, parsed.video)
+
+
 def main(argv: list[str] | None = None) -> int:
     early_signals = _EarlySignals()
     one_thread_per_rank()
@@ -144,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments[:1] and arguments[0] in TOOLS:
         if "--video" in arguments:  # before MuJoCo loads: its default (GLFW) needs a display
             os.environ.setdefault("MUJOCO_GL", "egl")
-        from . import tools
-
         try:
-            print(tools.main(arguments[0], arguments[1:]), flush=True)
+            print(run_tool(arguments[0], arguments[1:]), flush=True)
         except config.ConfigError as error:
             print(f"gpo-mpi {arguments[0]}: error: {error}", file=sys.stderr, flush=True)
             return EXIT_BAD_INPUT

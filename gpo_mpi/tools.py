@@ -4,7 +4,6 @@ One process each, no MPI traffic. Every tool reads the run file only.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -261,42 +260,3 @@ def evaluate(path: str, episodes: int, member: int | None, seed: int, determinis
     if video_dir:
         text += f"\nvideo of episode 1 (return {returns[0]:.1f}): {os.path.join(video_dir, f'member{chosen}-episode-0.mp4')}"
     return text
-
-
-def main(tool: str, arguments: list[str]) -> str:
-    """Run one tool; returns what it prints. Raises ConfigError for bad input."""
-    parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}")
-    if tool == "plot":
-        from . import plot
-
-        parser.add_argument("runs", metavar="RUN.h5", nargs="+", help="one run, or several to overlay")
-        parser.add_argument("-o", "--out-dir", default=".", help="where the figures go (default: here)")
-        parser.add_argument("--figures", nargs="+", choices=plot.FIGURES, default=list(plot.FIGURES))
-        parser.add_argument("--state-steps", type=int, default=1000,
-                            help="states sampled per policy for the states figure")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the states figure's crossover and t-SNE")
-        parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="file format (default png)")
-        parsed = parser.parse_args(arguments)
-        if parsed.state_steps <= 0:
-            raise ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
-        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
-                                    parsed.format))
-    parser.add_argument("run", metavar="RUN.h5")
-    if tool in ("eval", "export"):
-        parser.add_argument("--member", type=int, help="member index (default: the best at the end)")
-    if tool == "eval":
-        parser.add_argument("--episodes", type=int, default=10)
-        parser.add_argument("--seed", type=int, default=12345)
-        parser.add_argument("--deterministic", action="store_true", help="act with the mean instead of sampling")
-        parser.add_argument("--video", metavar="DIR", help="record the first episode as an MP4 in DIR (MuJoCo's "
-                                                          "offscreen renderer; MUJOCO_GL=egl unless set)")
-    if tool == "export":
-        parser.add_argument("-o", "--output", required=True, metavar="policy.pt")
-    parsed = parser.parse_args(arguments)
-    if tool == "info":
-        return info(parsed.run)
-    if tool == "export":
-        return export(parsed.run, parsed.output, parsed.member)
-    if parsed.episodes <= 0:
-        raise ConfigError(f"--episodes must be positive, got {parsed.episodes}")
-    return evaluate(parsed.run, parsed.episodes, parsed.member, parsed.seed, parsed.deterministic, parsed.video)
