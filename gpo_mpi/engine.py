@@ -31,7 +31,7 @@ import torch
 
 from . import checkpoint, crossover, mpi, seeds, select
 from .config import ConfigError, RunConfig
-from .evaluate import episode_returns
+from .evaluate import returns_and_lengths
 from .learner import Member, adam_state, load_adam_state
 from .mutate import DataParallel, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
@@ -617,15 +617,18 @@ class Population:
     def evaluate(self) -> np.ndarray:
         """Every policy's returns over eval_episodes whole episodes with its mean
         action, in policy order (on every rank). Joint's one policy is evaluated
-        by rank 0."""
+        by rank 0. The environment steps it took (all policies) go to
+        `self.evaluation_steps`; they are not training steps."""
         config = self.config
         members = self.members if not self.joint or self.rank == 0 else []
-        rows = np.array([[member.index, *episode_returns(member.policy, self.normalizer, self.env, config.eval_episodes,
-                                                          seeds.evaluation(config.seed, member.index),
-                                                          deterministic=True)]
-                         for member in members]).reshape(-1, 1 + config.eval_episodes)
+        rows = [[member.index, *np.concatenate(returns_and_lengths(
+                    member.policy, self.normalizer, self.env, config.eval_episodes,
+                    seeds.evaluation(config.seed, member.index), deterministic=True))] for member in members]
+        rows = np.array(rows, dtype=np.float64).reshape(-1, 1 + 2 * config.eval_episodes)
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
-        return all_rows[np.argsort(all_rows[:, 0], kind="stable"), 1:]
+        all_rows = all_rows[np.argsort(all_rows[:, 0], kind="stable")]
+        self.evaluation_steps = int(all_rows[:, 1 + config.eval_episodes:].sum())
+        return all_rows[:, 1:1 + config.eval_episodes]
 
     def record_evaluation(self, evaluation: np.ndarray, announce: bool = True) -> None:
         """Keep an evaluation (policies x episodes) in the run file, and the best policy evaluated so far
@@ -645,13 +648,17 @@ class Population:
                 self.best_evaluated = dict(parameters=vector, normalizer=self.normalizer.state(), member=best,
                                            env_steps=self.env_steps, mean_return=float(means[best]))
         if self.writer:
-            self.writer.append(evaluations__env_steps=self.env_steps, evaluations__returns=evaluation)
+            self.writer.append(evaluations__env_steps=self.env_steps, evaluations__returns=evaluation,
+                               evaluations__evaluation_steps=self.evaluation_steps)
             if self.scalars:
                 self.scalars.evaluation(self.env_steps, means)
             if announce:
-                print(f"evaluation at {self.env_steps:,} steps ({self.config.eval_episodes} episodes, mean "
-                      f"action): best member {best} at {means[best]:.1f}, mean over members {means.mean():.1f}",
-                      flush=True)
+                print(f"evaluation at {self.env_steps:,} steps ({self.evaluation_summary()}): best member {best} at "
+                      f"{means[best]:.1f}, mean over members {means.mean():.1f}", flush=True)
+
+    def evaluation_summary(self) -> str:
+        return (f"{self.config.eval_episodes} episodes, mean action; {self.evaluation_steps:,} evaluation steps, "
+                "not counted in the budget")
 
     def finish(self) -> None:
         policies = np.stack([flat_parameters(member.policy) for member in self.members])
@@ -670,7 +677,7 @@ class Population:
                 self.write_child_returns()
             if evaluation is not None:
                 best = int(np.argmax(evaluation.mean(axis=1)))
-                print(f"evaluation ({self.config.eval_episodes} episodes, mean action): best member {best} at "
+                print(f"evaluation ({self.evaluation_summary()}): best member {best} at "
                       f"{evaluation[best].mean():.1f}, mean over members {evaluation.mean():.1f}", flush=True)
             else:
                 member_returns = self.returns.member_returns()

@@ -13,6 +13,13 @@ def episode_returns(policy: GaussianPolicy, normalizer: ObsNormalizer, env: EnvS
     """Undiscounted returns of `episodes` complete episodes, actions sampled from the
     policy's Gaussian (as in training) or its mean (`deterministic`). With
     `video_dir`, the first episode is recorded to VIDEO_DIR/VIDEO_NAME-episode-0.mp4."""
+    return returns_and_lengths(policy, normalizer, env, episodes, seed, deterministic, video_dir, video_name)[0]
+
+
+def returns_and_lengths(policy: GaussianPolicy, normalizer: ObsNormalizer, env: EnvSpec, episodes: int, seed: int,
+                        deterministic: bool = False, video_dir: str | None = None,
+                        video_name: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+    """`episode_returns`, and each episode's length in environment steps."""
     if video_dir:
         env = gym.wrappers.RecordVideo(env.make(render_mode="rgb_array"), video_dir, name_prefix=video_name,
                                        episode_trigger=lambda episode: episode == 0, disable_logger=True)
@@ -21,7 +28,7 @@ def episode_returns(policy: GaussianPolicy, normalizer: ObsNormalizer, env: EnvS
     rng = np.random.default_rng(seed)
     mean_of = policy.numpy_mean()
     std = policy.log_std.detach().exp().numpy()
-    returns = np.zeros(episodes)
+    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         done = False
@@ -31,6 +38,7 @@ def episode_returns(policy: GaussianPolicy, normalizer: ObsNormalizer, env: EnvS
                 action = action + std * rng.standard_normal(len(std))
             obs, reward, terminated, truncated, _ = env.step(action)
             returns[episode] += reward
+            lengths[episode] += 1
             done = terminated or truncated
     env.close()
-    return returns
+    return returns, lengths

@@ -37,6 +37,8 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
                                                     its mean action (absent with eval_episodes 0)
     /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
     /evaluations/env_steps, returns (E,), (E, m, episodes): evaluations during training (eval_every)
+    /evaluations/evaluation_steps (E,)     int64    environment steps each evaluation took (all policies; not in
+                                                    env_steps and not counted in the budget)
     /final/best_evaluated_policy_parameters, best_evaluated_obs_normalizer: the best policy they found
 
 Beside it, RUN.progress.csv holds the per-iteration table (one row per iteration) for tools without h5py.
@@ -112,7 +114,7 @@ class RunFileWriter:
             "breeding/parent_returns": ((m, 2), np.float64), "breeding/child_return": ((m,), np.float64),
             "breeding/selector_loss": ((m,), np.float64), "breeding/imitation_loss": ((m,), np.float64),
             "breeding/second_parent_share": ((m,), np.float64),
-            "evaluations/env_steps": ((), np.int64),
+            "evaluations/env_steps": ((), np.int64), "evaluations/evaluation_steps": ((), np.int64),
             "evaluations/returns": ((m, max(1, config.eval_episodes)), np.float64),
         }
         if lengths is not None:

@@ -302,11 +302,14 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     whole = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(tmp_path / "whole.h5")])
     assert whole.returncode == 0, whole.stderr
     assert whole.stdout.count("evaluation at ") == 5  # iterations 2, 4, 6, 8, 10 (the last is the final one's)
+    # Pendulum's episodes last the whole 20-step horizon: 4 policies x 3 episodes x 20 steps per evaluation
+    assert whole.stdout.count("; 240 evaluation steps, not counted in the budget)") == 6  # and the final line
     stopped = tmp_path / "stopped.h5"
     result = mpirun(2, ["interrupt.py", "1", "3", *arguments, "--out", str(stopped)])
     assert result.returncode == 3, result.stderr
     with h5py.File(stopped) as run_file:
         steps, returns = run_file["evaluations/env_steps"][()], run_file["evaluations/returns"][()]
+        np.testing.assert_array_equal(run_file["evaluations/evaluation_steps"][()], [240, 240])
     np.testing.assert_array_equal(steps, [512, 1024])
     for member in range(4):
         run, _ = read_member(str(stopped), member)
