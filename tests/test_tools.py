@@ -158,6 +158,14 @@ def test_a_closed_pipe_ends_a_tool_quietly(finished_run):
     result = subprocess.run(f"'{gpo_mpi_command()}' info '{finished_run}' | head -c 10", shell=True,
                             capture_output=True, text=True, timeout=120, executable="/bin/bash")
     assert result.stdout == str(finished_run)[:10] and result.stderr == ""
+    for arguments in (["info", finished_run], ["eval", finished_run, "--episodes", "1"]):
+        # the reader is gone before the tool starts (it takes a second to import torch): its every write fails
+        tool_process = subprocess.Popen([gpo_mpi_command(), *map(str, arguments)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        tool_process.stdout.close()
+        assert tool_process.wait(timeout=120) == 0
+        assert tool_process.stderr.read() == b""
+        tool_process.stderr.close()
 
 
 def png_shape(path):
