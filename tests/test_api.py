@@ -51,8 +51,12 @@ def test_init_from_starts_every_member_from_the_saved_best_policy(mpirun, tmp_pa
     assert second.returncode == 0, second.stderr
     with h5py.File(saved) as run_file:
         best = run_file["final/policy_parameters"][int(run_file["final"].attrs["best_member"])]
+        saved_statistics = run_file["final/obs_normalizer"][()]
     with h5py.File(tuned) as run_file:
         np.testing.assert_array_equal(run_file["final/policy_parameters"][()], np.tile(best, (4, 1)))
+        tuned_statistics = run_file["final/obs_normalizer"][()]
+    # the observation statistics go on from the saved run's: its 512 observations, then these 256
+    assert (saved_statistics[0], tuned_statistics[0]) == (512, 512 + 256)
     wrong = mpirun(2, [gpo_mpi_command(), *TINY, "--env", "InvertedPendulum-v5", "--algo", "single",
                        "--population", "2", "--total-steps", "256", "--init-from", str(saved),
                        "--out", str(tmp_path / "wrong.h5")])
