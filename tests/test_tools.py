@@ -142,6 +142,8 @@ def test_tools_refuse_bad_input_in_one_line(finished_run, arguments, message):
     (["plot", "RUN", "-o", "TMP/somefile"], "plot -o TMP/somefile is a file, not a directory"),
     (["plot", "RUN", "-o", "TMP/somefile/plots"], "plot -o TMP/somefile/plots: cannot make the directory"),
     (["eval", "RUN", "--video", "TMP/somefile"], "eval --video TMP/somefile is a file, not a directory"),
+    (["plot", "RUN", "-o", "/proc/plots", "--figures", "curves"], "plot -o /proc/plots: cannot write in /proc"),
+    (["eval", "RUN", "--episodes", "1", "--video", "/proc/videos"], "eval --video /proc/videos: cannot write in /proc"),
 ])
 def test_bad_output_paths_are_one_line_and_change_nothing(finished_run, tmp_path, arguments, message):
     (tmp_path / "somefile").write_bytes(b"kept as it is")
