@@ -446,3 +446,27 @@ def test_runs_are_grouped_by_what_they_ran_not_by_seed_or_budget():
     # Single and Joint read no GPO field: runs made under other GPO defaults are the same baseline
     assert _group_label(RunConfig(algo="single", share_epsilon=0.1, share_max=0)) == "single"
     assert _group_label(RunConfig(algo="joint", policy_lr=1e-4)) == "joint policy_lr=0.0001"
+
+
+def test_plots_of_a_population_of_32_keep_sparse_whole_slot_ticks_and_every_member(tmp_path):
+    """Layouts that hold at m = 32 (the other tests draw 2, 3 and 4 members), written as PDF."""
+    from gpo_mpi import plot
+    out = tmp_path / "m32.h5"
+    result = subprocess.run([gpo_mpi_command(), *TINY, "--population", "32", "--rounds", "2", "--total-steps", "8192",
+                             "--expert-steps", "32", "--dagger-iterations", "1", "--dagger-steps", "32",
+                             "--selector-epochs", "1", "--dagger-epochs", "1", "--policy-epochs", "1",
+                             "--critic-epochs", "1", "--eval-episodes", "1", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    slots = list(range(0, 32, 4))  # 8 ticks, not 32 crowded ones
+    heatmaps = plot.kl_heatmaps(str(out))
+    panels = [ax for ax in heatmaps.axes if ax.images]
+    assert len(panels) == 2 and all(list(ax.get_xticks()) == slots == list(ax.get_yticks()) for ax in panels)
+    tree = plot.family_tree(str(out))
+    nodes = [c.get_offsets() for c in tree.axes[0].collections]
+    assert [len(points) for points in nodes] == [32, 32] and list(tree.axes[0].get_yticks()) == slots
+    assert len(tree.axes[0].lines) == 2 * 32  # both parents of every child
+    written = tool("plot", out, "-o", tmp_path / "figures", "--figures", "curves", "kl", "family", "--format", "pdf")
+    assert written.returncode == 0, written.stderr
+    for name in ("m32-curves.pdf", "m32-kl.pdf", "m32-family.pdf"):
+        assert (tmp_path / "figures" / name).read_bytes().startswith(b"%PDF")
