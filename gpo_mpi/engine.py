@@ -40,6 +40,8 @@ from .runfile import RunFileWriter
 from .scalars import TensorBoardScalars
 
 RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
+
+
 def agree_on_startup(comm, message: str | None) -> None:
     """Raise ConfigError on every rank if start-up failed on any (see mpi.first_error)."""
     failure = mpi.first_error(comm, message)
