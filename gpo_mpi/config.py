@@ -112,6 +112,8 @@ class RunConfig:
     """At most this many other members in S_i, the nearest by KL (0: no limit, the paper's rule); 7 is every other member of the paper's population of 8."""
     share_every: int = 1
     """Iterations between measurements of the KL matrix that decide S_i (0: once, at the round's start, as the paper)."""
+    share_rounds: int = 0
+    """Data sharing only in the first share_rounds rounds, none after (0: in every round, as the paper)."""
     share_ratio_cap: float = 1.0
     """Truncation of the fixed factor pi_i_old / pi_j_old of a foreign sample's importance weight, as V-trace's (inf: none, the paper's)."""
     critic_data: Literal["own", "shared"] = "own"
@@ -139,8 +141,8 @@ class RunConfig:
         for name in positive_ints:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "eval_episodes",
-                     "eval_every", "selector_states"]:
+        for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
+                     "eval_episodes", "eval_every", "selector_states"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -257,6 +259,10 @@ class RunConfig:
     def has(self, component: str) -> bool:
         """Whether GPO component C, S or M is on (always False outside --algo gpo)."""
         return self.algo == "gpo" and component in self.components
+
+    def shares_in(self, round_index: int) -> bool:
+        """Whether component M shares data in this round (0-based), under `share_rounds`."""
+        return self.has("M") and (self.share_rounds == 0 or round_index < self.share_rounds)
 
     @property
     def crossover_steps_per_child(self) -> int:

@@ -256,7 +256,7 @@ class Population:
                 sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, config.batch_steps)
                            for lm in self.local]
                 self.last_batches = [batch for batch, _ in sampled]
-                remeasure = config.has("M") and config.share_every and step % config.share_every == 0
+                remeasure = config.shares_in(round_index) and config.share_every and step % config.share_every == 0
                 if config.algo == "gpo" and (step == 0 or remeasure):
                     self.measure_sharing(round_index, step)
                 stats = self.update_members()
@@ -364,7 +364,7 @@ class Population:
         `share_every` iterations; at the round's start it is also recorded)."""
         config = self.config
         kl = self.measure_kl_matrix()
-        epsilon = config.share_epsilon if config.has("M") else -np.inf
+        epsilon = config.share_epsilon if config.shares_in(round_index) else -np.inf
         self.share_sets = share_sets(kl, epsilon, config.share_max)
         if self.writer and step == 0:
             set_sizes = [len(s) for s in self.share_sets]

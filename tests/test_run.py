@@ -295,6 +295,27 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
             np.testing.assert_array_equal(runs[n_ranks][name], one[name], err_msg=name)
 
 
+def test_share_rounds_stops_sharing_after_the_first_rounds(mpirun, tmp_path):
+    """--share-rounds 1: every member reads all 4 batches in round 1 and only its own in round 2; round 1
+    is the run of the default (sharing in every round) up to its breeding."""
+    shape = ["--population", "4", "--rounds", "2", "--expert-steps", "64", "--dagger-iterations", "1",
+             "--dagger-steps", "64", "--selector-epochs", "2", "--dagger-epochs", "2", "--total-steps", "1536"]
+    runs = {}
+    for name, extra in (("every-round", []), ("first-round", ["--share-rounds", "1"])):
+        result = run(mpirun, 2, tmp_path / f"{name}.h5", *shape, "--eval-episodes", "1", *extra)
+        assert result.returncode == 0, result.stderr
+        runs[name] = read_run(tmp_path / f"{name}.h5")
+    first = runs["first-round"]
+    np.testing.assert_array_equal(first["iterations/round"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(first["iterations/share_set_size"], [[4] * 4, [4] * 4, [1] * 4, [1] * 4])
+    np.testing.assert_array_equal(first["rounds/share_set_sizes"], [[4] * 4, [1] * 4])
+    np.testing.assert_array_equal(first["iterations/effective_sample_size"][2:], 64)  # the own batch alone
+    np.testing.assert_array_equal(runs["every-round"]["iterations/share_set_size"], 4)
+    for name in ("iterations/member_return", "iterations/policy_kl"):  # round 1's two iterations
+        np.testing.assert_array_equal(first[name][:2], runs["every-round"][name][:2], err_msg=name)
+    np.testing.assert_array_equal(first["breeding/parent_pairs"], runs["every-round"]["breeding/parent_pairs"])
+
+
 def assert_evaluation_repeats(path, evaluation):
     """Each member's stored evaluation is its mean-action return on the evaluation seeds."""
     from gpo_mpi import seeds
