@@ -3,6 +3,7 @@
 Where each part of the paper lives:
 
 - ``engine``     Algorithm 1: the rounds of MUTATE, SELECT, CROSSOVER over the ranks
+- ``record``     rank 0's record of a run (run-file rows, progress lines, TensorBoard), without MPI
 - ``learner``    a member's networks, optimizers and state, shared by the three operators
 - ``mutate``     PPO (adaptive KL penalty) and A2C, data sharing, the KL matrix
 - ``select``     performance and diversity fitness, choosing couples and the fitter parent of each

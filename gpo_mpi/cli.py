@@ -103,6 +103,7 @@ TOOLS = ("info", "eval", "export", "plot")  # `gpo-mpi TOOL RUN.h5 ...`; anythin
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
+EXIT_OUT_OF_SYNC = 5  # ranks found holding different copies of what they share (a bug): nothing more written
 
 
 def should_resume(parsed: argparse.Namespace, run_file: str) -> bool:
@@ -210,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:  # one rank's numbers went bad mid-run: end every rank from here
         mpi.abort_with_message(comm, f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint "
                                      f"in {parsed.out or 'the run file'} is intact", EXIT_NON_FINITE)
+    except mpi.OutOfSync as error:  # found by a collective check, so every rank is here together
+        if comm.Get_rank() == 0:
+            print(f"gpo-mpi: error: {error} (a bug in gpo-mpi; please report it); nothing more was written, "
+                  f"the last checkpoint in {parsed.out or 'the run file'} is intact", file=sys.stderr, flush=True)
+        return EXIT_OUT_OF_SYNC
     if not completed:
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: stopped by a signal; checkpoint written to {run_config.out}, "

@@ -5,7 +5,9 @@ keeps (its members, samplers, the shared observation normalization) and
 does each phase. Every collective is called through `Population._mpi`,
 which times it as communication, and every rank reaches each one on every
 path: which ones run depends only on values all ranks hold alike (the
-config, the KL matrix, the pairs rank 0 scattered).
+config, the KL matrix, the pairs rank 0 scattered). What rank 0 writes and
+prints goes through its `record.Recorder`, which is handed the gathered
+arrays.
 
 Single and Joint are one long round of mutation; GPO ends with the last
 round's mutation (its children would never be trained or evaluated). Joint's
@@ -22,8 +24,6 @@ import dataclasses
 import pickle
 import signal
 import time
-from collections import defaultdict, deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,10 +36,8 @@ from .learner import Member, adam_state, load_adam_state
 from .mutate import DataParallel, kl_matrix, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
+from .record import PhaseTimer, Recorder
 from .runfile import RunFileWriter
-from .scalars import TensorBoardScalars
-
-RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
 
 
 def agree_on_startup(comm, message: str | None) -> None:
@@ -90,55 +88,6 @@ class LocalMember:
     sampler_seed: int  # restarts derive their seeds from it
 
 
-class PhaseTimer:
-    """Wall time per named phase; time in a nested phase is not counted in the enclosing one."""
-
-    def __init__(self):
-        self.totals: dict[str, float] = defaultdict(float)
-        self._nested: list[float] = []
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        self._nested.append(0.0)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.totals[name] += elapsed - self._nested.pop()
-            if self._nested:
-                self._nested[-1] += elapsed
-
-    def take(self) -> dict[str, float]:
-        totals, self.totals = dict(self.totals), defaultdict(float)
-        return totals
-
-
-class ReturnLog:
-    """Rank 0's record of returns: a window of recent training episodes per member."""
-
-    def __init__(self, n_members: int):
-        self.windows = [deque(maxlen=RETURN_WINDOW) for _ in range(n_members)]
-
-    def add(self, episode_rows: np.ndarray) -> np.ndarray:
-        """Fold in rows [member, return, length]; returns the number of episodes per member."""
-        for member_index, episode_return, _ in episode_rows:
-            self.windows[int(member_index)].append(episode_return)
-        return np.bincount(episode_rows[:, 0].astype(int), minlength=len(self.windows))
-
-    def member_returns(self) -> np.ndarray:
-        return np.array([np.mean(w) if w else np.nan for w in self.windows])
-
-    def clear(self) -> None:
-        for window in self.windows:
-            window.clear()
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 class Population:
     """One rank's share of the population and the phases of a round."""
 
@@ -163,33 +112,30 @@ class Population:
                   "(docs/checkpoints.md)", flush=True)
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
-        self.returns = ReturnLog(config.n_policies)
         self.share_sets = [np.array([i]) for i in range(config.n_policies)]
         self.last_batches: list[Batch] = []
         self.env_steps = 0
+        self.evaluation_steps = 0  # of the latest evaluation (not training steps)
         self.iteration = 0
         self.round_index, self.step_in_round = 0, 0  # where the run goes on
         self.elapsed_before = 0.0  # wall time of the run before a resume
         self.start_time = time.monotonic()
-        self.child_returns: list[list[float]] | None = None  # rank 0: each new child's first episodes
-        self.fitter_parent_returns = np.full(config.n_policies, np.nan)  # rank 0: of the latest children
-        self.latest_best_return = np.nan  # rank 0: best member's return after the latest iteration
-        self.best_evaluated: dict | None = None  # rank 0: the best policy of the evaluations so far
         self.stop_requested = self.stop_agreed = False
-        self.seconds = defaultdict(float)  # wall time of this process's iterations and breedings, for the ETA
-        self.counts = defaultdict(int)
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(signal_number, self._request_stop)
+        self.recorder: Recorder | None = None  # rank 0's run file, progress lines and TensorBoard
         if resume:
-            self.writer = self.restore()
+            recorded = self.restore()
+            if self.rank == 0:
+                writer = RunFileWriter(config.out, config, self.n_ranks, lengths=recorded["lengths"])
+                # TensorBoard drops the events logged after the checkpoint, which the run logs again.
+                self.recorder = Recorder(config, writer, resume_step=self.env_steps + 1)
+                self.recorder.load_state(recorded)
         else:
             if config.init_from:
                 self.start_from(config.init_from)
-            self.writer = RunFileWriter(config.out, config, self.n_ranks) if self.rank == 0 else None
-        self.scalars = None
-        if self.writer and config.tensorboard:
-            # A resumed run drops the events logged after its checkpoint, which it logs again.
-            self.scalars = TensorBoardScalars(config.tensorboard, self.env_steps + 1 if resume else None)
+            if self.rank == 0:
+                self.recorder = Recorder(config, RunFileWriter(config.out, config, self.n_ranks))
 
     def start_from(self, path: str) -> None:
         """Every member (and the observation statistics) from the best policy of another run."""
@@ -272,8 +218,8 @@ class Population:
                 self.stop_agreed = totals[-1, 0] > 0
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
-                self.seconds["iteration"] += time.monotonic() - iteration_start
-                self.counts["iteration"] += 1
+                if self.recorder:
+                    self.recorder.iteration_took(time.monotonic() - iteration_start)
                 self.record_iteration(round_index, stats)
             if config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0:
                 with self.timer("evaluation"):
@@ -295,27 +241,28 @@ class Population:
             lm.sampler.restart(seeds.restart(lm.sampler_seed, self.iteration))
 
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
-        """Save everything needed to go on from (round, step) into the run file."""
+        """Save everything needed to go on from (round, step) into the run file, after checking that every
+        rank holds the same observation statistics (rank 0 saves its copy for all)."""
+        self._mpi(mpi.check_synced, self.normalizer.state(), "the observation statistics")
         if not self.captures_environments:
             self.restart_samplers()
         rank_state = pickle.dumps(dict(members=[member.state() for member in self.members],
                                        samplers=[lm.sampler.state(self.captures_environments)
                                                  for lm in self.local]))
         rank_states = self._mpi(mpi.gather_objects, rank_state)
-        if self.writer:
-            shared = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
-                          env_steps=self.env_steps, share_sets=self.share_sets,
-                          normalizer=self.normalizer.state(), windows=[list(w) for w in self.returns.windows],
-                          child_returns=self.child_returns, fitter_parent_returns=self.fitter_parent_returns,
-                          latest_best_return=self.latest_best_return, best_evaluated=self.best_evaluated,
-                          lengths=self.writer.lengths(),
-                          elapsed=self.elapsed_before + time.monotonic() - self.start_time)
-            self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
-            if self.scalars:
-                self.scalars.flush()
+        if self.recorder:
+            progress = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
+                            env_steps=self.env_steps, share_sets=self.share_sets,
+                            normalizer=self.normalizer.state(), elapsed=self.elapsed())
+            self.recorder.checkpoint(progress, rank_states)
 
-    def restore(self) -> RunFileWriter | None:
-        """Load the run file's checkpoint into this rank (and return rank 0's writer)."""
+    def elapsed(self) -> float:
+        """Wall time of the run so far, including the time before a resume."""
+        return self.elapsed_before + time.monotonic() - self.start_time
+
+    def restore(self) -> dict | None:
+        """Load the run file's checkpoint into this rank; returns, on rank 0, the checkpoint's shared state
+        (what the record needs)."""
         loaded, error = None, None
         if self.rank == 0:
             try:
@@ -349,15 +296,9 @@ class Population:
             self.restart_samplers()
         if self.rank != 0:
             return None
-        for window, values in zip(self.returns.windows, shared["windows"]):
-            window.extend(values)
-        self.child_returns = shared["child_returns"]
-        self.fitter_parent_returns = shared["fitter_parent_returns"]
-        self.latest_best_return = shared["latest_best_return"]
-        self.best_evaluated = shared["best_evaluated"]
         print(f"resuming {self.config.out} at iteration {self.iteration} (round {self.round_index + 1}), "
               f"{self.env_steps:,} steps done", flush=True)
-        return RunFileWriter(self.config.out, self.config, self.n_ranks, lengths=shared["lengths"])
+        return shared
 
     def measure_sharing(self, round_index: int, step: int) -> None:
         """Component M: the KL matrix on the current batches decides S_i (every
@@ -366,14 +307,9 @@ class Population:
         kl = self.measure_kl_matrix()
         epsilon = config.share_epsilon if config.shares_in(round_index) else -np.inf
         self.share_sets = share_sets(kl, epsilon, config.share_max)
-        if self.writer and step == 0:
-            set_sizes = [len(s) for s in self.share_sets]
-            self.writer.append(rounds__kl_matrix=kl, rounds__share_set_sizes=set_sizes)
-            median_kl = float(np.median(kl[~np.eye(len(kl), dtype=bool)]))
-            print(f"round {round_index + 1}/{config.n_rounds}: data sharing |S_i| = {set_sizes}, "
-                  f"median KL between members {median_kl:.3g}", flush=True)
-            if self.scalars:  # at the step of this iteration's other scalars, which is past any checkpoint
-                self.scalars.sharing(self.env_steps + config.steps_per_iteration, median_kl, np.mean(set_sizes))
+        if self.recorder and step == 0:
+            self.recorder.sharing(round_index, self.env_steps + config.steps_per_iteration, kl,
+                                  [len(s) for s in self.share_sets])
 
     def update_members(self) -> list:
         """One policy-gradient iteration of every local policy; returns their statistics (self.members order)."""
@@ -417,83 +353,24 @@ class Population:
 
         own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
         states, _ = self._mpi(mpi.allgatherv_rows, own_states)
-        with torch.no_grad():
-            local_means = np.stack([lm.member.policy(torch.from_numpy(states))[0].numpy() for lm in self.local])
-        local_log_stds = np.stack([lm.member.policy.log_std.detach().numpy() for lm in self.local])
-        means, _ = self._mpi(mpi.allgatherv_rows, local_means)
-        log_stds, _ = self._mpi(mpi.allgatherv_rows, local_log_stds)
-        return kl_matrix(means, log_stds)
+        with torch.no_grad():  # one row per member: its mean actions on every state, then its log-std
+            local_rows = np.stack([np.concatenate([lm.member.policy(torch.from_numpy(states))[0].numpy().ravel(),
+                                                   lm.member.policy.log_std.detach().numpy()]) for lm in self.local])
+        rows, _ = self._mpi(mpi.allgatherv_rows, local_rows)
+        means, log_stds = rows[:, :-self.act_dim], rows[:, -self.act_dim:]
+        return kl_matrix(means.reshape(len(rows), len(states), self.act_dim), log_stds)
 
     def record_iteration(self, round_index: int, stats: list) -> None:
-        """Gather episodes and member statistics; rank 0 writes and prints."""
-        config = self.config
+        """Gather episodes and member statistics; rank 0 records them."""
         episode_rows = [np.column_stack([np.full(len(r), lm.member.index), r, n]) for lm in self.local
                         for r, n in [lm.sampler.episodes.take()]]
         episodes, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(episode_rows).reshape(-1, 3))
         member_rows = np.array([[member.index, s.beta, s.kl, len(self.share_sets[member.index]),
                                  s.effective_sample_size] for member, s in zip(self.members, stats)])
         member_stats, _ = self._mpi(mpi.allgatherv_rows, member_rows)
-        if not self.writer:
-            return
-        counts = self.returns.add(episodes)
-        if self.child_returns is not None:
-            self.collect_child_returns(episodes)
-        returns = self.returns.member_returns()
-        beta, policy_kl, set_sizes, sample_sizes = np.full((4, config.n_policies), np.nan)
-        # Joint's one member appears once per rank with equal values: any copy will do.
-        for column, values in enumerate((beta, policy_kl, set_sizes, sample_sizes), start=1):
-            values[member_stats[:, 0].astype(int)] = member_stats[:, column]
-        elapsed = self.elapsed_before + time.monotonic() - self.start_time
-        self.writer.append(iterations__env_steps=self.env_steps, iterations__wall_time=elapsed,
-                           iterations__round=round_index, iterations__member_return=returns,
-                           iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl,
-                           iterations__share_set_size=set_sizes, iterations__effective_sample_size=sample_sizes)
-        rate = self.env_steps / max(elapsed, 1e-9)
-        if self.scalars:
-            sharing = (set_sizes, sample_sizes) if config.has("M") else (None, None)
-            self.scalars.iteration(self.env_steps, returns, beta, policy_kl, rate, *sharing)
-        eta_text = self.time_left(round_index)
-        finite = returns[np.isfinite(returns)]
-        self.latest_best_return = finite.max() if len(finite) else np.nan
-        mean_text, best_text = (f"{finite.mean():8.1f}", f"{finite.max():8.1f}") if len(finite) else ("n/a",) * 2
-        sharing_text = (f"|S_i| {set_sizes.mean():3.1f} ESS {sample_sizes.mean() / config.batch_steps:4.2f} | "
-                        if config.has("M") else "")
-        print(f"iter {self.iteration:4d}/{config.iterations} | round {round_index + 1:2d} | "
-              f"steps {self.env_steps:>10,} | {rate:7,.0f} steps/s | return mean {mean_text} best {best_text} | "
-              f"{sharing_text}ETA {eta_text}", flush=True)
-
-    def time_left(self, round_index: int) -> str:
-        """The iterations and breedings still to come, at the mean wall time of those done so far."""
-        iterations_left = self.config.iterations - self.iteration
-        breedings_left = max(0, self.config.n_rounds - 1 - round_index)
-        seconds = iterations_left * self.seconds["iteration"] / max(1, self.counts["iteration"])
-        if breedings_left and not self.counts["breeding"]:
-            return f"{format_duration(seconds)} + {breedings_left} crossover(s)"
-        seconds += breedings_left * self.seconds["breeding"] / max(1, self.counts["breeding"])
-        return format_duration(seconds)
-
-    def collect_child_returns(self, episodes: np.ndarray) -> None:
-        """Rank 0: the returns of each child's first n_envs episodes (its environments restart at its birth)."""
-        for member_index, episode_return, _ in episodes:
-            first_episodes = self.child_returns[int(member_index)]
-            if len(first_episodes) < self.config.n_envs:
-                first_episodes.append(float(episode_return))
-        if all(len(first) >= self.config.n_envs for first in self.child_returns):
-            self.write_child_returns()
-
-    def write_child_returns(self) -> None:
-        """Rank 0: one row of children's first returns (NaN for a child with none), and how they compare
-        with their fitter parents'."""
-        child_returns = np.array([np.mean(first) if first else np.nan for first in self.child_returns])
-        self.writer.append(breeding__child_return=child_returns)
-        self.child_returns = None
-        fitter_returns = self.fitter_parent_returns
-        compared = np.isfinite(child_returns) & np.isfinite(fitter_returns)
-        if compared.any():
-            at_least = int(np.sum(child_returns[compared] >= fitter_returns[compared]))
-            print(f"children's first {self.config.n_envs} episodes: {at_least} of {int(compared.sum())} at or above "
-                  f"their fitter parent's return (mean {child_returns[compared].mean():.1f} against "
-                  f"{fitter_returns[compared].mean():.1f})", flush=True)
+        if self.recorder:
+            self.recorder.iteration(round_index, self.iteration, self.env_steps, self.elapsed(), episodes,
+                                    member_stats)
 
     # ------------------------------------------------------------- SELECT
     def select(self, round_index: int) -> np.ndarray:
@@ -506,7 +383,7 @@ class Population:
             kl = self.measure_kl_matrix()
             jobs = None
             if self.rank == 0:
-                member_returns = self.returns.member_returns()
+                member_returns = self.recorder.returns.member_returns()
                 ranked_returns = select.ranked_returns(member_returns)
                 weight = select.diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
                                                  config.diversity_weight_end)
@@ -518,11 +395,7 @@ class Population:
                                                 seeds.random_couples(config.seed, round_index))
                 fitter = select.fitter_parents(pairs, member_returns)
                 jobs = np.column_stack([pairs, fitter])
-                self.fitter_parent_returns = member_returns[fitter]
-                self.writer.append(breeding__member_return_before=member_returns, breeding__selection_kl_matrix=kl,
-                                   breeding__parent_pairs=pairs, breeding__fitter_parent=fitter,
-                                   breeding__pair_fitness=select.pair_fitness(fitness, pairs),
-                                   breeding__parent_returns=member_returns[pairs])
+                self.recorder.selection(member_returns, kl, pairs, fitter, select.pair_fitness(fitness, pairs))
             counts = np.array([len(config.member_slots(rank, self.n_ranks)) for rank in range(self.n_ranks)])
             return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
 
@@ -530,36 +403,37 @@ class Population:
     def crossover(self, jobs: np.ndarray, round_index: int) -> None:
         """Every rank breeds the children of its member slots from the parents' parameters and trajectories."""
         start = time.monotonic()
-        self.breed_all(jobs, round_index)
-        self.seconds["breeding"] += time.monotonic() - start
-        self.counts["breeding"] += 1
+        diagnostics = self.breed_all(jobs, round_index)
+        if self.recorder:
+            self.recorder.breeding(diagnostics, time.monotonic() - start)
 
-    def breed_all(self, jobs: np.ndarray, round_index: int) -> None:
+    def breed_all(self, jobs: np.ndarray, round_index: int) -> np.ndarray:
+        """Breed this rank's children; returns every child's crossover diagnostics, in member order."""
         config = self.config
         with self.timer("crossover"):
-            policies, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.policy) for m in self.members]))
-            critics, _ = self._mpi(mpi.allgatherv_rows, np.stack([flat_parameters(m.critic) for m in self.members]))
-            betas, _ = self._mpi(mpi.allgatherv_rows, np.array([m.beta for m in self.members]))
-            optimizers = None
-            if config.child_optimizer == "fitter":
-                optimizers = [self._mpi(mpi.allgatherv_rows, np.stack([adam_state(getattr(m, name))
-                                                                       for m in self.members]))[0]
-                              for name in ("policy_optimizer", "critic_optimizer")]
+            parents = self.gather_parents()
             parent_data = self.gather_selector_data(round_index) if config.crossover_steps_per_child else None
 
             diagnostics = []
             for lm, (x, y, fitter) in zip(self.local, jobs):
-                diagnostics.append(self.breed(lm, x, y, fitter, policies, critics, betas, optimizers, parent_data,
-                                              round_index))
+                diagnostics.append(self.breed(lm, x, y, fitter, parents, parent_data, round_index))
             self.env_steps += config.population * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
-        if self.writer:
-            self.writer.append(breeding__selector_loss=rows[:, 0], breeding__imitation_loss=rows[:, 1],
-                               breeding__second_parent_share=rows[:, 2])
-            self.returns.clear()
-            if self.child_returns is not None:  # the previous children finished too few episodes to fill the row
-                self.write_child_returns()
-            self.child_returns = [[] for _ in range(config.n_policies)]
+        return rows
+
+    def gather_parents(self) -> dict[str, np.ndarray]:
+        """Every member's policy, critic and beta (and Adam states, where children inherit them) on every
+        rank, one row per member in member order, packed into one Allgatherv of float64 rows (which hold
+        the float32 parameters exactly)."""
+        parts = {"policy": lambda m: flat_parameters(m.policy), "critic": lambda m: flat_parameters(m.critic),
+                 "beta": lambda m: np.array([m.beta])}
+        if self.config.child_optimizer == "fitter":
+            parts["policy_optimizer"] = lambda m: adam_state(m.policy_optimizer)
+            parts["critic_optimizer"] = lambda m: adam_state(m.critic_optimizer)
+        pieces = [[np.asarray(part(member), dtype=np.float64) for part in parts.values()] for member in self.members]
+        rows, _ = self._mpi(mpi.allgatherv_rows, np.stack([np.concatenate(p) for p in pieces]))
+        columns = np.split(rows, np.cumsum([len(piece) for piece in pieces[0]])[:-1], axis=1)
+        return dict(zip(parts, columns))
 
     def gather_selector_data(self, round_index: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Every member's selector data (states of its best trajectories of the round
@@ -577,27 +451,27 @@ class Population:
         return {index: (np.ascontiguousarray(all_rows[members == index, 2:], dtype=np.float32),
                         all_rows[members == index, 1]) for index in range(config.population)}
 
-    def breed(self, lm: LocalMember, x: int, y: int, fitter: int, policies: np.ndarray, critics: np.ndarray,
-              betas: np.ndarray, optimizers: list | None, parent_data: dict | None,
-              round_index: int) -> tuple[float, float, float]:
-        """Replace `lm`'s member by the child of x and y. Returns the crossover diagnostics."""
+    def breed(self, lm: LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
+              parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
+        """Replace `lm`'s member by the child of x and y (`parents`: gather_parents' rows). Returns the
+        crossover diagnostics."""
         config = self.config
         seed = seeds.child(config.seed, lm.member.index, round_index)
-        parents = []
+        parent_policies = []
         for index in (x, y):
             parent = GaussianPolicy(self.obs_dim, self.act_dim, config.policy_hidden)
-            load_flat_parameters(parent, policies[index])
-            parents.append(parent)
+            load_flat_parameters(parent, parents["policy"][index])
+            parent_policies.append(parent)
         member = Member.create(lm.member.index, self.obs_dim, self.act_dim, config, seed)
         if config.child_init == "fitter":
-            load_flat_parameters(member.policy, policies[fitter])
-            load_flat_parameters(member.critic, critics[fitter])
-        member.beta = float(betas[fitter]) if config.child_beta == "fitter" else config.initial_beta
-        if optimizers is not None:
-            load_adam_state(member.policy_optimizer, optimizers[0][fitter])
-            load_adam_state(member.critic_optimizer, optimizers[1][fitter])
+            load_flat_parameters(member.policy, parents["policy"][fitter])
+            load_flat_parameters(member.critic, parents["critic"][fitter])
+        member.beta = float(parents["beta"][fitter, 0]) if config.child_beta == "fitter" else config.initial_beta
+        if "policy_optimizer" in parents:
+            load_adam_state(member.policy_optimizer, parents["policy_optimizer"][fitter].astype(np.float32))
+            load_adam_state(member.critic_optimizer, parents["critic_optimizer"][fitter].astype(np.float32))
         parent_pair = (parent_data[x], parent_data[y]) if parent_data is not None else None
-        diagnostics = crossover.make_child(crossover.operator_of(config), tuple(parents), (x, y).index(fitter),
+        diagnostics = crossover.make_child(crossover.operator_of(config), tuple(parent_policies), (x, y).index(fitter),
                                            parent_pair, member.policy, self.env, self.normalizer, config, seed,
                                            f"crossover for member {lm.member.index}")
         lm.member = member
@@ -606,15 +480,10 @@ class Population:
 
     # ------------------------------------------------------------- record
     def record_round(self, round_index: int) -> None:
+        """The round's wall time per phase (rank 0's; every rank starts its timer again)."""
         times = self.timer.take()
-        if self.writer:
-            phases = ("mutate", "select", "crossover", "communication")
-            self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in phases})
-            if self.scalars:
-                self.scalars.round(self.env_steps, {phase: times.get(phase, 0.0) for phase in phases})
-            best = f"{self.latest_best_return:.1f}" if np.isfinite(self.latest_best_return) else "n/a"
-            print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
-                  + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in phases), flush=True)
+        if self.recorder:
+            self.recorder.round(round_index, self.env_steps, times)
 
     def evaluate(self) -> np.ndarray:
         """Every policy's returns over eval_episodes whole episodes with its mean
@@ -637,7 +506,7 @@ class Population:
         (sent by the rank that holds it)."""
         means = evaluation.mean(axis=1)
         best = int(np.argmax(means))
-        improved = self.best_evaluated is None or means[best] > self.best_evaluated["mean_return"]
+        improved = self.recorder is None or self.recorder.improves(means[best])
         improved = bool(self._mpi(mpi.bcast_object, improved))  # rank 0 alone keeps the record
         if improved:
             holder = 0 if self.joint else next(rank for rank in range(self.n_ranks)
@@ -646,21 +515,10 @@ class Population:
             vector = flat_parameters(mine[0].policy) if mine and self.rank == holder else \
                 np.empty_like(flat_parameters(self.members[0].policy))
             vector = self._mpi(mpi.bcast_flat, vector, holder)
-            if self.writer:
-                self.best_evaluated = dict(parameters=vector, normalizer=self.normalizer.state(), member=best,
-                                           env_steps=self.env_steps, mean_return=float(means[best]))
-        if self.writer:
-            self.writer.append(evaluations__env_steps=self.env_steps, evaluations__returns=evaluation,
-                               evaluations__evaluation_steps=self.evaluation_steps)
-            if self.scalars:
-                self.scalars.evaluation(self.env_steps, means)
-            if announce:
-                print(f"evaluation at {self.env_steps:,} steps ({self.evaluation_summary()}): best member {best} at "
-                      f"{means[best]:.1f}, mean over members {means.mean():.1f}", flush=True)
-
-    def evaluation_summary(self) -> str:
-        return (f"{self.config.eval_episodes} episodes, mean action; {self.evaluation_steps:,} evaluation steps, "
-                "not counted in the budget")
+            if self.recorder:
+                self.recorder.keep_best(vector, self.normalizer.state(), best, self.env_steps, means[best])
+        if self.recorder:
+            self.recorder.evaluation(self.env_steps, evaluation, self.evaluation_steps, announce)
 
     def finish(self) -> None:
         policies = np.stack([flat_parameters(member.policy) for member in self.members])
@@ -673,18 +531,7 @@ class Population:
         with self.timer("evaluation"):
             evaluation = self.evaluate() if self.config.eval_episodes else None
         if evaluation is not None and self.config.eval_every:
-            self.record_evaluation(evaluation, announce=False)  # announced below
-        if self.writer:
-            if self.child_returns is not None:  # the last children finished too few episodes to fill the row
-                self.write_child_returns()
-            if evaluation is not None:
-                best = int(np.argmax(evaluation.mean(axis=1)))
-                print(f"evaluation ({self.evaluation_summary()}): best member {best} at "
-                      f"{evaluation[best].mean():.1f}, mean over members {evaluation.mean():.1f}", flush=True)
-            else:
-                member_returns = self.returns.member_returns()
-                best = int(np.nanargmax(member_returns)) if np.isfinite(member_returns).any() else 0
-            self.writer.commit_final(all_policies, all_critics, best, self.normalizer.state(), evaluation,
-                                     self.best_evaluated)
-            if self.scalars:
-                self.scalars.close()
+            self.record_evaluation(evaluation, announce=False)  # announced by the final record
+        if self.recorder:
+            self.recorder.finish(all_policies, all_critics, self.normalizer.state(), evaluation,
+                                 self.evaluation_steps)

@@ -25,6 +25,7 @@ __all__ = [
     "allreduce_sum",
     "sum_gradients",
     "check_synced",
+    "OutOfSync",
     "gather_objects",
     "scatter_objects",
     "bcast_object",
@@ -175,8 +176,12 @@ def first_error(comm: MPI.Comm, message: str | None) -> tuple[int, str] | None:
     return None
 
 
+class OutOfSync(RuntimeError):
+    """Values every rank should hold alike differ between ranks (a bug); raised on every rank at once."""
+
+
 def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> None:
-    """Raise on every rank if `vector` differs between ranks (a desync bug)."""
+    """Raise OutOfSync on every rank if `vector` differs between ranks (a desync bug)."""
     vector = np.ascontiguousarray(vector)
     reference = vector.copy()
     comm.Bcast(reference, root=0)
@@ -185,4 +190,4 @@ def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> No
     ranks_differing = np.empty(1, dtype=np.int64)
     comm.Allreduce(differs, ranks_differing, op=MPI.SUM)
     if ranks_differing[0]:
-        raise RuntimeError(f"{name} differs from rank 0's on {ranks_differing[0]} rank(s)")
+        raise OutOfSync(f"{name} differ from rank 0's on {ranks_differing[0]} rank(s)")

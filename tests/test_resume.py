@@ -205,6 +205,19 @@ def test_non_finite_observations_end_the_job_and_keep_the_checkpoint(mpirun, tmp
     assert steps[-1] in (3 * 64, 4 * 64) and shared["iteration"] == len(steps) and shared["env_steps"] == steps[-1]
 
 
+def test_observation_statistics_out_of_sync_end_the_job_at_the_next_checkpoint(mpirun, tmp_path):
+    """Rank 1's statistics drift from its second update on: the checkpoint after iteration 2 finds it, rank 0
+    says so in one line, every rank exits with code 5, and the checkpoint after iteration 1 is kept."""
+    out = tmp_path / "r.h5"
+    result = mpirun(2, ["fail_in_phase.py", "1", "desync", *RESUMABLE, "--out", str(out)], timeout=120)
+    assert result.returncode == 5, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"gpo-mpi: error: the observation statistics differ from rank 0's on 1 rank(s) (a bug in "
+                      f"gpo-mpi; please report it); nothing more was written, the last checkpoint in {out} is intact"]
+    with h5py.File(out) as run_file:
+        assert run_file["iterations/env_steps"][()].tolist() == [256]
+
+
 def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
     """Rank 1 (not the writer) killed: the job ends within seconds, and the run resumes to its end."""
     import signal

@@ -40,7 +40,7 @@ def main(out_dir: str) -> None:
         mpi.check_synced(comm, data["parameters"], "parameters")  # differ by rank
         desync_detected = False
     except RuntimeError as error:
-        desync_detected = f"differs from rank 0's on {size - 1} rank(s)" in str(error)
+        desync_detected = f"differ from rank 0's on {size - 1} rank(s)" in str(error)
 
     np.savez(f"{out_dir}/rank{rank}.npz", parameters=parameters, rows_float=rows_float,
              counts_float=counts_float, rows_int=rows_int, counts_int=counts_int,

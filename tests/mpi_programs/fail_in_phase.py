@@ -3,15 +3,17 @@
     mpiexec -n N python fail_in_phase.py RANK PHASE [gpo-mpi arguments...]
 
 PHASE is a method of gpo_mpi.engine.Population: mutate, select, crossover,
-checkpoint; or "non-finite" to register an environment whose observations
-turn NaN after 150 steps (on every rank) and run on it.
+checkpoint; "non-finite" to register an environment whose observations
+turn NaN after 150 steps (on every rank) and run on it; or "desync" to
+have RANK's observation statistics drift from the others' after its
+second update.
 """
 import sys
 
 import gymnasium as gym
 import numpy as np
 
-from gpo_mpi import cli, engine
+from gpo_mpi import cli, engine, mpi, rollout
 
 failing_rank, phase = int(sys.argv[1]), sys.argv[2]
 
@@ -32,6 +34,15 @@ class TurnsNaN(gym.Env):
 
 if phase == "non-finite":
     gym.register("TurnsNaN-v0", entry_point=TurnsNaN, disable_env_checker=True)
+elif phase == "desync":
+    update_from_sums = rollout.ObsNormalizer.update_from_sums
+
+    def drifting_update(self, sums):
+        update_from_sums(self, sums)
+        if mpi.world().Get_rank() == failing_rank and self.count > 1.5 * sums[0]:
+            self.mean = self.mean + 1e-12
+
+    rollout.ObsNormalizer.update_from_sums = drifting_update
 else:
     original = getattr(engine.Population, phase)
 

@@ -19,7 +19,7 @@ record_iteration = engine.Population.record_iteration
 def record_then_die(self, round_index, stats):
     record_iteration(self, round_index, stats)
     if self.rank == 0 and self.iteration == at_iteration:
-        self.scalars.flush()
+        self.recorder.scalars.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
 
