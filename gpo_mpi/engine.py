@@ -127,7 +127,8 @@ class Population:
         if resume:
             recorded = self.restore()
             if self.rank == 0:
-                writer = RunFileWriter(config.out, config, self.n_ranks, lengths=recorded["lengths"])
+                writer = RunFileWriter(config.out, config, self.n_ranks, lengths=recorded["lengths"],
+                                       collective_kinds=mpi.COLLECTIVE_KINDS)
                 # TensorBoard drops the events logged after the checkpoint, which the run logs again.
                 self.recorder = Recorder(config, writer, resume_step=self.env_steps + 1)
                 self.recorder.load_state(recorded)
@@ -135,7 +136,8 @@ class Population:
             if config.init_from:
                 self.start_from(config.init_from)
             if self.rank == 0:
-                self.recorder = Recorder(config, RunFileWriter(config.out, config, self.n_ranks))
+                self.recorder = Recorder(config, RunFileWriter(config.out, config, self.n_ranks,
+                                                               collective_kinds=mpi.COLLECTIVE_KINDS))
 
     def start_from(self, path: str) -> None:
         """Every member (and the observation statistics) from the best policy of another run."""
@@ -423,17 +425,18 @@ class Population:
 
     def gather_parents(self) -> dict[str, np.ndarray]:
         """Every member's policy, critic and beta (and Adam states, where children inherit them) on every
-        rank, one row per member in member order, packed into one Allgatherv of float64 rows (which hold
-        the float32 parameters exactly)."""
+        rank, one float32 row per member in member order, in one Allgatherv; beta's float64 travels as
+        its two 32-bit halves, bit for bit."""
         parts = {"policy": lambda m: flat_parameters(m.policy), "critic": lambda m: flat_parameters(m.critic),
-                 "beta": lambda m: np.array([m.beta])}
+                 "beta": lambda m: np.array([m.beta], dtype=np.float64).view(np.float32)}
         if self.config.child_optimizer == "fitter":
             parts["policy_optimizer"] = lambda m: adam_state(m.policy_optimizer)
             parts["critic_optimizer"] = lambda m: adam_state(m.critic_optimizer)
-        pieces = [[np.asarray(part(member), dtype=np.float64) for part in parts.values()] for member in self.members]
+        pieces = [[part(member) for part in parts.values()] for member in self.members]
         rows, _ = self._mpi(mpi.allgatherv_rows, np.stack([np.concatenate(p) for p in pieces]))
-        columns = np.split(rows, np.cumsum([len(piece) for piece in pieces[0]])[:-1], axis=1)
-        return dict(zip(parts, columns))
+        columns = dict(zip(parts, np.split(rows, np.cumsum([len(piece) for piece in pieces[0]])[:-1], axis=1)))
+        columns["beta"] = np.ascontiguousarray(columns["beta"]).view(np.float64)
+        return columns
 
     def gather_selector_data(self, round_index: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Every member's selector data (states of its best trajectories of the round
@@ -468,8 +471,8 @@ class Population:
             load_flat_parameters(member.critic, parents["critic"][fitter])
         member.beta = float(parents["beta"][fitter, 0]) if config.child_beta == "fitter" else config.initial_beta
         if "policy_optimizer" in parents:
-            load_adam_state(member.policy_optimizer, parents["policy_optimizer"][fitter].astype(np.float32))
-            load_adam_state(member.critic_optimizer, parents["critic_optimizer"][fitter].astype(np.float32))
+            load_adam_state(member.policy_optimizer, parents["policy_optimizer"][fitter])
+            load_adam_state(member.critic_optimizer, parents["critic_optimizer"][fitter])
         parent_pair = (parent_data[x], parent_data[y]) if parent_data is not None else None
         diagnostics = crossover.make_child(crossover.operator_of(config), tuple(parent_policies), (x, y).index(fitter),
                                            parent_pair, member.policy, self.env, self.normalizer, config, seed,
@@ -480,10 +483,13 @@ class Population:
 
     # ------------------------------------------------------------- record
     def record_round(self, round_index: int) -> None:
-        """The round's wall time per phase (rank 0's; every rank starts its timer again)."""
+        """The round's wall time per phase (rank 0's; every rank starts its timer again) and every rank's
+        MPI traffic."""
         times = self.timer.take()
+        # Every rank's MPI traffic of the round; this gather's own is counted in the next round's.
+        traffic, _ = self._mpi(mpi.allgatherv_rows, mpi.traffic.take()[None])
         if self.recorder:
-            self.recorder.round(round_index, self.env_steps, times)
+            self.recorder.round(round_index, self.env_steps, times, traffic)
 
     def evaluate(self) -> np.ndarray:
         """Every policy's returns over eval_episodes whole episodes with its mean

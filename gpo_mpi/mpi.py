@@ -7,6 +7,7 @@ called from logging or other code that might run on only some ranks.
 """
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 import traceback
@@ -31,7 +32,41 @@ __all__ = [
     "bcast_object",
     "first_error",
     "library_version",
+    "COLLECTIVE_KINDS",
+    "traffic",
 ]
+
+# What `traffic` counts, in this order wherever the counts are stored.
+COLLECTIVE_KINDS = ("allgatherv", "scatterv", "allreduce", "bcast", "objects")
+
+
+class Traffic:
+    """Bytes this rank sent to and received from the others, and collective calls made, per kind.
+
+    Counted as payload: what a call hands to other ranks and gets from them, whatever algorithm the MPI
+    library uses inside (an `Allgatherv` sends this rank's rows and receives every other rank's; an
+    `Allreduce` of n bytes counts n each way; a broadcast n sent by the root and n received by each
+    other rank). Pickled objects count their pickled size. With one rank nothing moves, but calls count.
+    """
+
+    def __init__(self):
+        self.counts = np.zeros((len(COLLECTIVE_KINDS), 3), dtype=np.int64)  # calls, sent, received
+
+    def add(self, comm, kind: str, sent: int, received: int) -> None:
+        alone = comm.Get_size() == 1
+        self.counts[COLLECTIVE_KINDS.index(kind)] += (1, 0 if alone else sent, 0 if alone else received)
+
+    def take(self) -> np.ndarray:
+        """Counts (kinds x [calls, bytes sent, bytes received]) since the last take."""
+        counts, self.counts = self.counts, np.zeros_like(self.counts)
+        return counts
+
+
+traffic = Traffic()
+
+
+def _pickled_size(value) -> int:
+    return len(value) if isinstance(value, bytes) else len(pickle.dumps(value))
 
 
 def world() -> MPI.Comm:
@@ -86,6 +121,8 @@ def bcast_flat(comm: MPI.Comm, vector: np.ndarray, root: int = 0) -> np.ndarray:
     """
     _check_buffer(vector, "bcast_flat")
     comm.Bcast(vector, root=root)
+    is_root = comm.Get_rank() == root
+    traffic.add(comm, "bcast", vector.nbytes if is_root else 0, 0 if is_root else vector.nbytes)
     return vector
 
 
@@ -107,6 +144,9 @@ def allgatherv_rows(comm: MPI.Comm, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     displacements = np.concatenate(([0], np.cumsum(element_counts)[:-1]))
     gathered = np.empty((int(row_counts.sum()),) + row_shape, dtype=rows.dtype)
     comm.Allgatherv(rows, [gathered, (element_counts, displacements)])
+    count_bytes = local_count.nbytes
+    traffic.add(comm, "allgatherv", rows.nbytes + count_bytes,
+                gathered.nbytes - rows.nbytes + count_bytes * (comm.Get_size() - 1))
     return gathered, row_counts
 
 
@@ -121,6 +161,9 @@ def scatter_rows(comm: MPI.Comm, rows: np.ndarray | None, row_counts: np.ndarray
     send = [np.ascontiguousarray(rows, dtype=dtype), (element_counts, displacements)] if comm.Get_rank() == root \
         else None
     comm.Scatterv(send, received, root=root)
+    is_root = comm.Get_rank() == root
+    others = int(element_counts.sum() - element_counts[root]) * received.itemsize
+    traffic.add(comm, "scatterv", others if is_root else 0, 0 if is_root else received.nbytes)
     return received
 
 
@@ -132,6 +175,7 @@ def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
     send = np.ascontiguousarray(values, dtype=dtype)
     total = np.empty_like(send)
     comm.Allreduce(send, total, op=MPI.SUM)
+    traffic.add(comm, "allreduce", send.nbytes, send.nbytes)
     return total
 
 
@@ -152,17 +196,27 @@ def sum_gradients(comm: MPI.Comm, parameters) -> None:
 def gather_objects(comm: MPI.Comm, value, root: int = 0) -> list | None:
     """Every rank's picklable value on `root` (None elsewhere). For checkpoints
     only: pickling is slow, and they are rare."""
-    return comm.gather(value, root=root)
+    gathered = comm.gather(value, root=root)
+    received = sum(map(_pickled_size, gathered)) - _pickled_size(value) if gathered is not None else 0
+    traffic.add(comm, "objects", 0 if gathered is not None else _pickled_size(value), received)
+    return gathered
 
 
 def scatter_objects(comm: MPI.Comm, values: list | None, root: int = 0):
     """Rank r receives root's values[r] (pickled; checkpoints only)."""
-    return comm.scatter(values, root=root)
+    value = comm.scatter(values, root=root)
+    is_root = comm.Get_rank() == root
+    sent = sum(map(_pickled_size, values)) - _pickled_size(value) if is_root else 0
+    traffic.add(comm, "objects", sent, 0 if is_root else _pickled_size(value))
+    return value
 
 
 def bcast_object(comm: MPI.Comm, value, root: int = 0):
     """Root's picklable value on every rank (small metadata, checkpoints)."""
-    return comm.bcast(value, root=root)
+    value = comm.bcast(value, root=root)
+    size, is_root = _pickled_size(value), comm.Get_rank() == root
+    traffic.add(comm, "objects", size if is_root else 0, 0 if is_root else size)
+    return value
 
 
 def first_error(comm: MPI.Comm, message: str | None) -> tuple[int, str] | None:
@@ -170,7 +224,9 @@ def first_error(comm: MPI.Comm, message: str | None) -> tuple[int, str] | None:
     all get the lowest failing rank and its message, or None. Called where each rank
     may fail alone (an environment, a file on a node-local disk), so that no rank
     returns while the others wait for it in a collective."""
-    for rank, rank_message in enumerate(comm.allgather(message)):
+    messages = comm.allgather(message)
+    traffic.add(comm, "objects", _pickled_size(message), sum(map(_pickled_size, messages)) - _pickled_size(message))
+    for rank, rank_message in enumerate(messages):
         if rank_message is not None:
             return rank, rank_message
     return None
@@ -189,5 +245,8 @@ def check_synced(comm: MPI.Comm, vector: np.ndarray, name: str = "vector") -> No
     differs = np.array([0 if reference.tobytes() == vector.tobytes() else 1], dtype=np.int64)
     ranks_differing = np.empty(1, dtype=np.int64)
     comm.Allreduce(differs, ranks_differing, op=MPI.SUM)
+    is_root = comm.Get_rank() == 0
+    traffic.add(comm, "bcast", reference.nbytes if is_root else 0, 0 if is_root else reference.nbytes)
+    traffic.add(comm, "allreduce", differs.nbytes, differs.nbytes)
     if ranks_differing[0]:
         raise OutOfSync(f"{name} differ from rank 0's on {ranks_differing[0]} rank(s)")

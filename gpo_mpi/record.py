@@ -75,6 +75,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def format_bytes(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+
+
 class Recorder:
     """Rank 0's run file, progress lines and TensorBoard scalars, fed with gathered arrays."""
 
@@ -215,14 +222,19 @@ class Recorder:
         self.seconds["breeding"] += seconds
         self.counts["breeding"] += 1
 
-    def round(self, round_index: int, env_steps: int, times: dict[str, float]) -> None:
-        """A round's wall time per phase."""
+    def round(self, round_index: int, env_steps: int, times: dict[str, float], traffic: np.ndarray) -> None:
+        """A round's wall time per phase, and every rank's MPI traffic (ranks x kinds x [calls, bytes sent,
+        bytes received])."""
         self.writer.append(**{f"rounds__time_{phase}": times.get(phase, 0.0) for phase in PHASES})
+        self.writer.append(rounds__collective_calls=traffic[:, :, 0], rounds__bytes_sent=traffic[:, :, 1],
+                           rounds__bytes_received=traffic[:, :, 2])
         if self.scalars:
             self.scalars.round(env_steps, {phase: times.get(phase, 0.0) for phase in PHASES})
         best = f"{self.latest_best_return:.1f}" if np.isfinite(self.latest_best_return) else "n/a"
+        received_per_rank = traffic[:, :, 2].sum(axis=1).mean()
         print(f"round {round_index + 1}/{self.config.n_rounds} done: best return {best} | "
-              + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in PHASES), flush=True)
+              + ", ".join(f"{phase} {times.get(phase, 0.0):.1f} s" for phase in PHASES)
+              + f" | received {format_bytes(received_per_rank)} per rank", flush=True)
 
     # -------------------------------------------------------- evaluation
     def improves(self, mean_return: float) -> bool:

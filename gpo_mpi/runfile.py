@@ -19,6 +19,11 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /rounds/time_mutate, time_select, time_crossover, time_communication
                                  (R,)      float64  rank 0's wall time per phase in the round (seconds;
                                                     communication is time inside collectives, not in the others)
+    /rounds/collective_calls, bytes_sent, bytes_received
+                                 (R, ranks, K) int64 per rank and collective kind (attr collective_kinds: allgatherv,
+                                                    scatterv, allreduce, bcast, objects), the calls and the payload
+                                                    bytes it sent to and received from other ranks since the
+                                                    previous round's record (round 1: since start-up)
     /breeding/...                (B, ...)           one row per selection and crossover (B = R - 1, gpo):
         member_return_before (B, m)     every member's return at the end of the round's mutation
         selection_kl_matrix  (B, m, m)  KL matrix measured for selection
@@ -92,10 +97,12 @@ class RunFileWriter:
     parameters) to the copy and renames the copy over the original. A kill
     at any moment therefore leaves a whole file: the last committed one.
     With `lengths` given, an existing file is cut back to a checkpoint's
-    dataset lengths instead of a new one being made.
+    dataset lengths instead of a new one being made. `collective_kinds`
+    names the kinds of MPI traffic counted per round (gpo_mpi.mpi's).
     """
 
-    def __init__(self, path: str, config: RunConfig, n_ranks: int, lengths: dict | None = None):
+    def __init__(self, path: str, config: RunConfig, n_ranks: int, lengths: dict | None = None,
+                 collective_kinds: tuple[str, ...] = ()):
         self.path = path
         self.pending: dict[str, list] = defaultdict(list)
         m = config.n_policies
@@ -108,6 +115,9 @@ class RunFileWriter:
             "rounds/share_set_sizes": ((m,), np.int64),
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
+            "rounds/collective_calls": ((n_ranks, len(collective_kinds)), np.int64),
+            "rounds/bytes_sent": ((n_ranks, len(collective_kinds)), np.int64),
+            "rounds/bytes_received": ((n_ranks, len(collective_kinds)), np.int64),
             "breeding/member_return_before": ((m,), np.float64), "breeding/selection_kl_matrix": ((m, m), np.float64),
             "breeding/parent_pairs": ((m, 2), np.int64), "breeding/fitter_parent": ((m,), np.int64),
             "breeding/pair_fitness": ((m,), np.float64),
@@ -132,7 +142,8 @@ class RunFileWriter:
             return
         with h5py.File(self.path + ".tmp", "w") as run_file:
             run_file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
-                                  source_commit=source_commit(), config=json.dumps(to_dict(config)), n_ranks=n_ranks)
+                                  source_commit=source_commit(), config=json.dumps(to_dict(config)), n_ranks=n_ranks,
+                                  collective_kinds=list(collective_kinds))
             config_group = run_file.create_group("config")
             for name, value in to_dict(config).items():
                 if isinstance(value, dict):

@@ -35,6 +35,16 @@ def test_collectives_match_one_process(mpirun, tmp_path, n_ranks):
         # a sum over ranks: MPI may add in another order than numpy, so equal only to rounding
         np.testing.assert_allclose(got["statistics"], expected["statistics"], rtol=1e-12)
         assert bool(got["desync_detected"])
+        # payload bytes this rank sent and received, per kind: [calls, sent, received]
+        own, others = contributions[rank], contributions[:rank] + contributions[rank + 1:]
+        rows_bytes = lambda c: c["rows_float"].nbytes + c["rows_int"].nbytes + 2 * 8  # and the two row counts
+        expected_traffic = {
+            "bcast": [1, 4000, 0] if rank == n_ranks - 1 else [1, 0, 4000],
+            "allgatherv": [2, rows_bytes(own), sum(rows_bytes(c) for c in others)],
+            "allreduce": [1, 32, 32], "scatterv": [0, 0, 0], "objects": [0, 0, 0]}
+        assert sorted(got["kinds"]) == sorted(expected_traffic)
+        for kind, counts in zip(got["kinds"], got["traffic"]):
+            assert counts.tolist() == expected_traffic[kind], kind
 
 
 @pytest.mark.parametrize("n_ranks, failing_rank", [(2, 1), (4, 0), (4, 3)])

@@ -34,6 +34,7 @@ def main(out_dir: str) -> None:
     rows_float, counts_float = mpi.allgatherv_rows(comm, data["rows_float"])
     rows_int, counts_int = mpi.allgatherv_rows(comm, data["rows_int"])
     statistics = mpi.allreduce_sum(comm, data["statistics"])
+    traffic = mpi.traffic.take()  # of the four calls above
 
     mpi.check_synced(comm, parameters, "parameters")  # must pass: just broadcast
     try:
@@ -44,7 +45,8 @@ def main(out_dir: str) -> None:
 
     np.savez(f"{out_dir}/rank{rank}.npz", parameters=parameters, rows_float=rows_float,
              counts_float=counts_float, rows_int=rows_int, counts_int=counts_int,
-             statistics=statistics, desync_detected=desync_detected)
+             statistics=statistics, desync_detected=desync_detected, traffic=traffic,
+             kinds=np.array(mpi.COLLECTIVE_KINDS))
 
 
 if __name__ == "__main__":
