@@ -22,6 +22,8 @@ __all__ = [
     "abort_with_message",
     "bcast_flat",
     "allgatherv_rows",
+    "neighbor_graph",
+    "neighbor_allgatherv_rows",
     "scatter_rows",
     "allreduce_sum",
     "sum_gradients",
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 # What `traffic` counts, in this order wherever the counts are stored.
-COLLECTIVE_KINDS = ("allgatherv", "scatterv", "allreduce", "bcast", "objects")
+COLLECTIVE_KINDS = ("allgatherv", "scatterv", "allreduce", "bcast", "objects", "neighbor_allgatherv")
 
 
 class Traffic:
@@ -147,6 +149,36 @@ def allgatherv_rows(comm: MPI.Comm, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     count_bytes = local_count.nbytes
     traffic.add(comm, "allgatherv", rows.nbytes + count_bytes,
                 gathered.nbytes - rows.nbytes + count_bytes * (comm.Get_size() - 1))
+    return gathered, row_counts
+
+
+def neighbor_graph(comm: MPI.Comm, sources: list[int], destinations: list[int]) -> MPI.Distgraphcomm:
+    """A distributed-graph communicator over `comm`'s ranks in which this rank receives from `sources`
+    and sends to `destinations` (every rank passes its own lists; an edge r -> s must appear in r's
+    destinations and in s's sources). Collective over `comm`; not reordered, so ranks keep their numbers."""
+    return comm.Create_dist_graph_adjacent(sources, destinations, reorder=False)
+
+
+def neighbor_allgatherv_rows(graph: MPI.Distgraphcomm, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """This rank's rows to each of its destinations; returns the rows of each of its sources, concatenated
+    in the order of `sources` given to neighbor_graph, and the number of rows from each.
+
+    The MPI-3 neighbourhood version of allgatherv_rows: a rank receives only from its sources, so the
+    bytes it receives grow with its number of sources, not with the number of ranks."""
+    rows = np.ascontiguousarray(rows)
+    row_shape = rows.shape[1:]
+    row_size = int(np.prod(row_shape, dtype=np.int64))
+    n_sources, n_destinations, _ = graph.Get_dist_neighbors_count()
+    local_count = np.array([len(rows)], dtype=np.int64)
+    row_counts = np.empty(n_sources, dtype=np.int64)
+    graph.Neighbor_allgather(local_count, row_counts)
+
+    element_counts = row_counts * row_size
+    displacements = np.cumsum(element_counts) - element_counts  # as many as sources, none for none
+    gathered = np.empty((int(row_counts.sum()),) + row_shape, dtype=rows.dtype)
+    graph.Neighbor_allgatherv(rows, [gathered, (element_counts, displacements)])
+    traffic.add(graph, "neighbor_allgatherv", (rows.nbytes + local_count.nbytes) * n_destinations,
+                gathered.nbytes + local_count.nbytes * n_sources)
     return gathered, row_counts
 
 

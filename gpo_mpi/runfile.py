@@ -20,10 +20,11 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
                                  (R,)      float64  rank 0's wall time per phase in the round (seconds;
                                                     communication is time inside collectives, not in the others)
     /rounds/collective_calls, bytes_sent, bytes_received
-                                 (R, ranks, K) int64 per rank and collective kind (attr collective_kinds: allgatherv,
-                                                    scatterv, allreduce, bcast, objects), the calls and the payload
-                                                    bytes it sent to and received from other ranks since the
-                                                    previous round's record (round 1: since start-up)
+                                 (R, ranks, K) int64 per rank and collective kind (attr collective_kinds:
+                                                    allgatherv, scatterv, allreduce, bcast, objects,
+                                                    neighbor_allgatherv), the calls and the payload bytes it
+                                                    sent to and received from other ranks since the previous
+                                                    round's record (round 1: since start-up)
     /breeding/...                (B, ...)           one row per selection and crossover (B = R - 1, gpo):
         member_return_before (B, m)     every member's return at the end of the round's mutation
         selection_kl_matrix  (B, m, m)  KL matrix measured for selection

@@ -41,7 +41,7 @@ def test_collectives_match_one_process(mpirun, tmp_path, n_ranks):
         expected_traffic = {
             "bcast": [1, 4000, 0] if rank == n_ranks - 1 else [1, 0, 4000],
             "allgatherv": [2, rows_bytes(own), sum(rows_bytes(c) for c in others)],
-            "allreduce": [1, 32, 32], "scatterv": [0, 0, 0], "objects": [0, 0, 0]}
+            "allreduce": [1, 32, 32], "scatterv": [0, 0, 0], "objects": [0, 0, 0], "neighbor_allgatherv": [0, 0, 0]}
         assert sorted(got["kinds"]) == sorted(expected_traffic)
         for kind, counts in zip(got["kinds"], got["traffic"]):
             assert counts.tolist() == expected_traffic[kind], kind
@@ -103,3 +103,32 @@ def test_averaged_gradients_equal_the_full_batch_gradient(mpirun, tmp_path, n_ra
     expected = np.load(one_dir / "rank0.npy")
     for rank in range(n_ranks):
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_ranks, population", [(2, 4), (3, 4), (4, 4), (4, 8)])
+def test_batch_exchange_gives_each_member_its_share_set(mpirun, tmp_path, n_ranks, population):
+    """Data sharing's exchange: every member gets exactly the batches of its share set (as one process
+    would hold them), in every mode, for empty, partial, asymmetric and full share sets; the graph
+    exchange receives only from the ranks holding those batches."""
+    from exchange import member_rows, share_set_cases
+    result = mpirun(n_ranks, ["exchange.py", str(population), str(tmp_path)], timeout=120)
+    assert result.returncode == 0, result.stderr
+    from gpo_mpi.config import RunConfig
+    slots = [list(RunConfig(population=population).member_slots(r, n_ranks)) for r in range(n_ranks)]
+    row_bytes = member_rows(0).nbytes
+    for rank in range(n_ranks):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        for case, share_sets in share_set_cases(population).items():
+            for mode in ("allgather", "graph", "auto"):
+                for member in slots[rank]:
+                    for j in share_sets[member]:
+                        np.testing.assert_array_equal(got[f"{case}/{mode}/{member}/{j}"], member_rows(j))
+            # bytes received in two calls: by Allgatherv every other rank's blocks (and row counts);
+            # along the graph only the blocks of ranks holding members this rank's members read
+            read_ranks = {r for member in slots[rank] for j in share_sets[member] for r in range(n_ranks)
+                          if j in slots[r] and r != rank}
+            others = population - len(slots[rank])
+            graph_bytes = 2 * sum(len(slots[r]) * row_bytes + 8 for r in read_ranks)
+            assert got[f"{case}/allgather/received"][0] == 2 * (others * row_bytes + 8 * (n_ranks - 1))
+            assert got[f"{case}/graph/received"][-1] == graph_bytes
+            assert got[f"{case}/graph/received"][0] == 0  # no Allgatherv along the graph

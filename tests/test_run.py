@@ -49,6 +49,8 @@ def test_single_run_file_layout(mpirun, tmp_path):
     ["--share-epsilon", "0.03"],  # the default: S_i chosen anew every iteration
     ["--share-epsilon", "0.03", "--share-every", "0"],  # the paper's: S_i fixed at the round's start
     ["--share-epsilon", "inf", "--share-max", "1", "--share-ratio-cap", "0.5"],  # the nearest other member
+    # the same along the sharing graph: each rank receives only the batches its members read
+    ["--share-epsilon", "inf", "--share-max", "1", "--share-ratio-cap", "0.5", "--exchange", "graph"],
 ])
 def test_gpo_sharing_run_matches_one_process(mpirun, tmp_path, sharing):
     """Population 4 sharing data: on 1, 2 and 4 ranks, the same run."""
@@ -288,17 +290,18 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
     evaluation = one["final/eval_returns"]
     assert evaluation.shape == (4, 10) and one["best_member"] == np.argmax(evaluation.mean(axis=1))
     assert_evaluation_repeats(tmp_path / "gpo1.h5", evaluation)
-    # MPI traffic per round, rank and kind (allgatherv, scatterv, allreduce, bcast, objects): the same calls on
-    # every rank at every rank count; one process moves no bytes
-    assert one["rounds/collective_calls"].shape == (3, 1, 5) and not one["rounds/bytes_received"].any()
+    # MPI traffic per round, rank and kind (allgatherv, scatterv, allreduce, bcast, objects, neighbor_allgatherv):
+    # the same calls on every rank at every rank count; one process moves no bytes
+    assert one["rounds/collective_calls"].shape == (3, 1, 6) and not one["rounds/bytes_received"].any()
     for n_ranks in (2, 3, 4):
         calls, sent, received = (runs[n_ranks][f"rounds/{name}"] for name in
                                  ("collective_calls", "bytes_sent", "bytes_received"))
-        assert calls.shape == (3, n_ranks, 5)
+        assert calls.shape == (3, n_ranks, 6)
         np.testing.assert_array_equal(calls, np.repeat(one["rounds/collective_calls"], n_ranks, axis=1))
         # every rank receives what each other rank puts into an Allgatherv or broadcast; a Scatterv's
-        # blocks go from the root to one rank each; an Allreduce's buffer counts both ways
-        for kind, copies in ((0, n_ranks - 1), (3, n_ranks - 1), (1, 1)):
+        # blocks go from the root to one rank each, a neighbourhood Allgatherv's rows to each destination
+        # (counted as sent to each); an Allreduce's buffer counts both ways
+        for kind, copies in ((0, n_ranks - 1), (3, n_ranks - 1), (1, 1), (5, 1)):
             np.testing.assert_array_equal(received[:, :, kind].sum(axis=1), copies * sent[:, :, kind].sum(axis=1))
         np.testing.assert_array_equal(received[:, :, 2], sent[:, :, 2])
         assert np.all(received[:, :, 0] > 0) and np.all(received[:2, :, 1].sum(axis=1) > 0)  # jobs, rounds 1-2
