@@ -88,56 +88,6 @@ class LocalMember:
     sampler_seed: int  # restarts derive their seeds from it
 
 
-def rank_reads(share_sets: list[np.ndarray], slots_of_rank: list[range]) -> np.ndarray:
-    """reads[r, s]: whether a member held by rank r reads the batch of a member held by rank s != r."""
-    rank_of = np.empty(sum(len(slots) for slots in slots_of_rank), dtype=int)
-    for rank, slots in enumerate(slots_of_rank):
-        rank_of[list(slots)] = rank
-    reads = np.zeros((len(slots_of_rank), len(slots_of_rank)), dtype=bool)
-    for member, members_read in enumerate(share_sets):
-        reads[rank_of[member], rank_of[members_read]] = True
-    np.fill_diagonal(reads, False)
-    return reads
-
-
-class BatchExchange:
-    """Data sharing's batches to the ranks whose members read them.
-
-    `mode` graph: a neighbourhood Allgatherv along the sharing graph, so a rank receives only from the
-    ranks that hold members its members read (the graph is rebuilt only when that changes); allgather:
-    every batch to every rank with one Allgatherv; auto: the graph on more than 2 ranks where at most half
-    of all rank pairs read each other. Every rank holds the same share sets, so all take the same branch, and every mode
-    gives each member the same batches; only the bytes moved differ.
-    """
-
-    def __init__(self, mode: str, comm, slots_of_rank: list[range], call, timer):
-        """`call(helper, *args)`: how a gpo_mpi.mpi helper is called on `comm` (timed); `timer`: the
-        phase timer that times the graph's own collectives as communication."""
-        self.mode, self.comm, self.slots_of_rank, self.call, self.timer = mode, comm, slots_of_rank, call, timer
-        self.graph = None  # (the rank_reads it was built for, its communicator, this rank's sources)
-
-    def __call__(self, share_sets: list[np.ndarray], local_rows: np.ndarray) -> dict[int, np.ndarray]:
-        """`local_rows`: this rank's members' batches as rows, one equal block per member in member order.
-        Returns the blocks this rank's members read (their own included), by member index."""
-        reads = rank_reads(share_sets, self.slots_of_rank)
-        n_ranks = len(self.slots_of_rank)
-        sparse = n_ranks > 2 and reads.sum() <= n_ranks * (n_ranks - 1) // 2  # (on 2 ranks both move the same)
-        if self.mode == "allgather" or (self.mode == "auto" and not sparse):
-            all_rows, _ = self.call(mpi.allgatherv_rows, local_rows)
-            return dict(enumerate(np.split(all_rows, sum(len(slots) for slots in self.slots_of_rank))))
-        rank = self.comm.Get_rank()
-        if self.graph is None or not np.array_equal(self.graph[0], reads):
-            sources, destinations = np.flatnonzero(reads[rank]), np.flatnonzero(reads[:, rank])
-            self.graph = (reads, self.call(mpi.neighbor_graph, sources.tolist(), destinations.tolist()), sources)
-        _, graph, sources = self.graph
-        with self.timer("communication"):  # on the graph's communicator, so not through `call`
-            received, _ = mpi.neighbor_allgatherv_rows(graph, local_rows)
-        source_slots = [slot for source in sources for slot in self.slots_of_rank[source]]
-        blocks = dict(zip(source_slots, np.split(received, len(source_slots)))) if source_slots else {}
-        blocks.update(zip(self.slots_of_rank[rank], np.split(local_rows, len(self.slots_of_rank[rank]))))
-        return blocks
-
-
 class Population:
     """One rank's share of the population and the phases of a round."""
 
@@ -163,7 +113,7 @@ class Population:
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
         self.share_sets = [np.array([i]) for i in range(config.n_policies)]
-        self.exchange = BatchExchange(config.exchange, comm, [config.member_slots(rank, self.n_ranks)
+        self.exchange = mpi.BatchExchange(config.exchange, comm, [config.member_slots(rank, self.n_ranks)
                                                                for rank in range(self.n_ranks)], self._mpi, self.timer)
         self.last_batches: list[Batch] = []
         self.env_steps = 0
@@ -395,7 +345,7 @@ class Population:
 
     def exchange_batches(self) -> dict[int, Batch]:
         """The last batches this rank's members read under data sharing, by member index (its own
-        members' included); see BatchExchange."""
+        members' included); see mpi.BatchExchange."""
         rows = np.concatenate([b.to_rows() for b in self.last_batches])
         return {member: Batch.from_rows(member_rows, self.obs_dim)
                 for member, member_rows in self.exchange(self.share_sets, rows).items()}

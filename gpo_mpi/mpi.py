@@ -1,4 +1,8 @@
-"""Every MPI call of gpo-mpi, and nothing else: no other module imports mpi4py.
+"""Every MPI call of gpo-mpi: no other module imports mpi4py.
+
+Besides the helpers, the one communication pattern built from them that
+needs no model: data sharing's exchange of batches (`BatchExchange`), and
+the count of bytes every call moves (`traffic`).
 
 Helpers take `comm` explicitly and move numpy buffers with mpi4py's
 uppercase (buffer) methods; the lowercase pickling methods are kept for
@@ -24,6 +28,8 @@ __all__ = [
     "allgatherv_rows",
     "neighbor_graph",
     "neighbor_allgatherv_rows",
+    "BatchExchange",
+    "rank_reads",
     "scatter_rows",
     "allreduce_sum",
     "sum_gradients",
@@ -180,6 +186,56 @@ def neighbor_allgatherv_rows(graph: MPI.Distgraphcomm, rows: np.ndarray) -> tupl
     traffic.add(graph, "neighbor_allgatherv", (rows.nbytes + local_count.nbytes) * n_destinations,
                 gathered.nbytes + local_count.nbytes * n_sources)
     return gathered, row_counts
+
+
+def rank_reads(share_sets: list[np.ndarray], slots_of_rank: list[range]) -> np.ndarray:
+    """reads[r, s]: whether a member held by rank r reads the batch of a member held by rank s != r."""
+    rank_of = np.empty(sum(len(slots) for slots in slots_of_rank), dtype=int)
+    for rank, slots in enumerate(slots_of_rank):
+        rank_of[list(slots)] = rank
+    reads = np.zeros((len(slots_of_rank), len(slots_of_rank)), dtype=bool)
+    for member, members_read in enumerate(share_sets):
+        reads[rank_of[member], rank_of[members_read]] = True
+    np.fill_diagonal(reads, False)
+    return reads
+
+
+class BatchExchange:
+    """Data sharing's batches to the ranks whose members read them.
+
+    `mode` graph: a neighbourhood Allgatherv along the sharing graph, so a rank receives only from the
+    ranks that hold members its members read (the graph is rebuilt only when that changes); allgather:
+    every batch to every rank with one Allgatherv; auto: the graph on more than 2 ranks where at most half
+    of all rank pairs read each other. Every rank holds the same share sets, so all take the same branch,
+    and every mode gives each member the same batches; only the bytes moved differ.
+    """
+
+    def __init__(self, mode: str, comm, slots_of_rank: list[range], call, timer):
+        """`call(helper, *args)`: how a gpo_mpi.mpi helper is called on `comm` (timed); `timer`: the
+        phase timer that times the graph's own collectives as communication."""
+        self.mode, self.comm, self.slots_of_rank, self.call, self.timer = mode, comm, slots_of_rank, call, timer
+        self.graph = None  # (the rank_reads it was built for, its communicator, this rank's sources)
+
+    def __call__(self, share_sets: list[np.ndarray], local_rows: np.ndarray) -> dict[int, np.ndarray]:
+        """`local_rows`: this rank's members' batches as rows, one equal block per member in member order.
+        Returns the blocks this rank's members read (their own included), by member index."""
+        reads = rank_reads(share_sets, self.slots_of_rank)
+        n_ranks = len(self.slots_of_rank)
+        sparse = n_ranks > 2 and reads.sum() <= n_ranks * (n_ranks - 1) // 2  # (on 2 ranks both move the same)
+        if self.mode == "allgather" or (self.mode == "auto" and not sparse):
+            all_rows, _ = self.call(allgatherv_rows, local_rows)
+            return dict(enumerate(np.split(all_rows, sum(len(slots) for slots in self.slots_of_rank))))
+        rank = self.comm.Get_rank()
+        if self.graph is None or not np.array_equal(self.graph[0], reads):
+            sources, destinations = np.flatnonzero(reads[rank]), np.flatnonzero(reads[:, rank])
+            self.graph = (reads, self.call(neighbor_graph, sources.tolist(), destinations.tolist()), sources)
+        _, graph, sources = self.graph
+        with self.timer("communication"):  # on the graph's communicator, so not through `call`
+            received, _ = neighbor_allgatherv_rows(graph, local_rows)
+        source_slots = [slot for source in sources for slot in self.slots_of_rank[source]]
+        blocks = dict(zip(source_slots, np.split(received, len(source_slots)))) if source_slots else {}
+        blocks.update(zip(self.slots_of_rank[rank], np.split(local_rows, len(self.slots_of_rank[rank]))))
+        return blocks
 
 
 def scatter_rows(comm: MPI.Comm, rows: np.ndarray | None, row_counts: np.ndarray, row_shape: tuple,

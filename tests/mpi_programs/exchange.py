@@ -11,7 +11,7 @@ import numpy as np
 
 from gpo_mpi import mpi
 from gpo_mpi.config import RunConfig
-from gpo_mpi.engine import BatchExchange
+from gpo_mpi.mpi import BatchExchange
 from gpo_mpi.record import PhaseTimer
 
 
