@@ -33,7 +33,7 @@ from . import checkpoint, crossover, mpi, seeds, select
 from .config import ConfigError, RunConfig
 from .evaluate import returns_and_lengths
 from .learner import Member, adam_state, load_adam_state
-from .mutate import DataParallel, kl_matrix, pool_batches, share_sets, update
+from .mutate import DataParallel, kl_rows, pool_batches, share_sets, update
 from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
 from .record import PhaseTimer, Recorder
@@ -363,7 +363,12 @@ class Population:
                                                    lm.member.policy.log_std.detach().numpy()]) for lm in self.local])
         rows, _ = self._mpi(mpi.allgatherv_rows, local_rows)
         means, log_stds = rows[:, :-self.act_dim], rows[:, -self.act_dim:]
-        return kl_matrix(means.reshape(len(rows), len(states), self.act_dim), log_stds)
+        # Each rank computes its own members' rows (the work grows as members x states, not members^2 x
+        # states), and one Allgatherv puts the matrix together.
+        local_kl = kl_rows(means.reshape(len(rows), len(states), self.act_dim), log_stds,
+                           [lm.member.index for lm in self.local])
+        kl, _ = self._mpi(mpi.allgatherv_rows, local_kl)
+        return kl
 
     def record_iteration(self, round_index: int, stats: list) -> None:
         """Gather episodes and member statistics; rank 0 records them."""

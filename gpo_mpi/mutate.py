@@ -60,12 +60,17 @@ def kl_matrix(means: np.ndarray, log_stds: np.ndarray) -> np.ndarray:
     `means` is (members, states, act_dim): every member's mean action on the
     same states; `log_stds` is (members, act_dim). Uses the C++ KL kernel.
     """
-    n_members = len(means)
-    matrix = np.zeros((n_members, n_members))
-    for i in range(n_members):
-        for j in range(n_members):
+    return kl_rows(means, log_stds, range(len(means)))
+
+
+def kl_rows(means: np.ndarray, log_stds: np.ndarray, rows) -> np.ndarray:
+    """The rows `rows` of kl_matrix (KL[pi_i || pi_j] for i in rows, every j), each computed as
+    kl_matrix computes it: a rank computes the rows of its own members only."""
+    matrix = np.zeros((len(rows), len(means)))
+    for row, i in enumerate(rows):
+        for j in range(len(means)):
             if i != j:
-                matrix[i, j] = kernels.diag_gaussian_kl(means[i], log_stds[i], means[j], log_stds[j]).mean()
+                matrix[row, j] = kernels.diag_gaussian_kl(means[i], log_stds[i], means[j], log_stds[j]).mean()
     return matrix
 
 

@@ -8,8 +8,8 @@ import torch
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
 from gpo_mpi.learner import Member, adam_state, gaussian_kl, load_adam_state
-from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, kl_matrix, pool_batches,
-                            ppo_loss, share_sets, standardize, update)
+from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, kl_matrix, kl_rows,
+                            pool_batches, ppo_loss, share_sets, standardize, update)
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
@@ -88,6 +88,8 @@ def test_kl_matrix_zero_diagonal_and_closed_form():
             expected = torch.distributions.kl_divergence(p, q).sum(-1).mean().item()
             assert matrix[i, j] == pytest.approx(expected, rel=1e-10, abs=1e-12)
     assert matrix[0, 1] != pytest.approx(matrix[1, 0])  # KL is not symmetric
+    # a rank's own rows are the matrix's rows, bit for bit
+    np.testing.assert_array_equal(kl_rows(means, log_stds, [2, 0]), matrix[[2, 0]])
 
 
 def test_share_sets():
