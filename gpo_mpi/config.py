@@ -122,6 +122,8 @@ class RunConfig:
     """What each critic is fitted on under data sharing: its member's own batch, or the whole pooled data S_i."""
     kl_states: int = 1024
     """States per member pooled into the shared set on which the KL matrix is measured."""
+    kl_states_total: int = 0
+    """With a value: that many states in all (kl_states_total // population from each member, at least one) instead of kl_states from each, so the KL matrix's traffic and work per rank grow with the population instead of its square (docs/SCALING.md). 0: kl_states from each member."""
 
     # -------------------------------------------------------------- evaluation
     eval_episodes: int = 10
@@ -144,7 +146,7 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
-                     "eval_episodes", "eval_every", "selector_states"]:
+                     "eval_episodes", "eval_every", "selector_states", "kl_states_total"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -261,6 +263,11 @@ class RunConfig:
     def has(self, component: str) -> bool:
         """Whether GPO component C, S or M is on (always False outside --algo gpo)."""
         return self.algo == "gpo" and component in self.components
+
+    @property
+    def kl_states_per_member(self) -> int:
+        """States each member adds to the KL matrix's pool (kl_states, or a share of kl_states_total)."""
+        return max(1, self.kl_states_total // self.population) if self.kl_states_total else self.kl_states
 
     def shares_in(self, round_index: int) -> bool:
         """Whether component M shares data in this round (0-based), under `share_rounds`."""

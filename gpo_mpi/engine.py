@@ -354,7 +354,8 @@ class Population:
         """KL[pi_i || pi_j] for all members, on states pooled from every member's last batch."""
         def subsample(member_index: int, batch: Batch) -> np.ndarray:
             rng = seeds.kl_states(self.config.seed, member_index, self.iteration)
-            return batch.obs[rng.choice(batch.n_steps, min(self.config.kl_states, batch.n_steps), replace=False)]
+            count = min(self.config.kl_states_per_member, batch.n_steps)
+            return batch.obs[rng.choice(batch.n_steps, count, replace=False)]
 
         own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
         states, _ = self._mpi(mpi.allgatherv_rows, own_states)

@@ -180,3 +180,10 @@ def test_the_configuration_reference_in_docs_is_the_generated_one():
     assert config.reference_table() in text, (
         "docs/configuration.md is out of date: paste the output of "
         "python -c 'from gpo_mpi.config import reference_table; print(reference_table())' over its table")
+
+
+def test_kl_states_per_member():
+    assert config.RunConfig(population=8).kl_states_per_member == 1024  # kl_states from each member
+    assert config.RunConfig(population=8, kl_states_total=8192).kl_states_per_member == 1024
+    assert config.RunConfig(population=256, kl_states_total=8192).kl_states_per_member == 32
+    assert config.RunConfig(population=16, kl_states_total=8).kl_states_per_member == 1  # at least one
