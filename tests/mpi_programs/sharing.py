@@ -23,7 +23,8 @@ population.last_batches = [lm.sampler.sample(lm.member.policy, population.normal
 
 kl = population.measure_kl_matrix()
 sets = share_sets(kl, config.share_epsilon)
-all_batches = population.gather_batches()
+population.share_sets = sets
+all_batches = population.exchange_batches()  # the batches each rank's members read, by member index
 for lm, own_batch in zip(population.local, population.last_batches):
     members_read = list(sets[lm.member.index])
     pooled = pool_batches(lm.member, [all_batches[j] for j in members_read], members_read.index(lm.member.index),
