@@ -11,8 +11,10 @@ modes, `allgather` and `graph`, and `gpo_mpi.mpi.traffic` counts the payload
 bytes it received. The bytes are exact whatever the machine; the times
 are not where the ranks outnumber the cores (the table says so), and are
 given only to show the exchange runs. Every member's received blocks are
-checked against its share set. Writes PREFIX.md and PREFIX.csv; the
-network model built on these figures is docs/SCALING.md.
+checked against its share set. A second table, PREFIX-kl, times one
+rank's work on the KL matrix at m members. Writes PREFIX.md/.csv and
+PREFIX-kl.md/.csv; the network model built on these figures is
+docs/SCALING.md.
 """
 from __future__ import annotations
 
@@ -68,6 +70,36 @@ def worker() -> None:
             print(json.dumps(result), flush=True)
 
 
+def kl_costs(populations: list[int]) -> list[list]:
+    """One rank's KL-matrix work per iteration with one member per rank and kl_states (1,024) from each of
+    m members: its policy's forward on all m x 1,024 states, and its own row of the matrix (kl_rows)."""
+    import torch
+
+    from gpo_mpi.mutate import kl_rows
+    from gpo_mpi.networks import GaussianPolicy
+
+    torch.set_num_threads(1)
+    policy = GaussianPolicy(11, 3, (64, 64))  # Hopper-v5's sizes
+    rows = []
+    for m in populations:
+        states = m * 1024
+        observations = torch.randn(states, 11)
+        means = np.random.default_rng(0).normal(size=(m, states, 3)).astype(np.float32)
+        log_stds = np.zeros((m, 3), dtype=np.float32)
+        forward, row = [], []
+        for _ in range(3):
+            start = time.perf_counter()
+            with torch.no_grad():
+                policy(observations)
+            forward.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            kl_rows(means, log_stds, [0])
+            row.append(time.perf_counter() - start)
+        rows.append([m, f"{states:,}", f"{1e3 * min(forward):.1f}", f"{1e3 * min(row):.1f}",
+                     f"{1e9 * min(forward) / states:.0f}", f"{1e9 * min(row) / (m * states):.1f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
@@ -114,6 +146,13 @@ def main() -> None:
              f"--ranks {' '.join(map(str, args.ranks))}`. At share-set size 1 a run exchanges nothing (the "
              f"row shows what each mode would move).", flat]
     print(write_table(args.out, header, rows, [note for note in notes if note]))
+    kl_header = ["members m", "KL states (m x 1,024)", "policy forward: ms", "own KL row: ms",
+                 "forward: ns per state", "KL row: ns per state and member"]
+    kl_notes = [f"One rank's work on the KL matrix per iteration, one member per rank (Hopper-v5 policy, 64-64; "
+                f"the C++ KL kernel), best of 3, one thread; machine: {cores} cores, possibly shared with other "
+                f"runs; commit {git_commit()}. Both grow with m x 1,024 states; with kl_states_total the states "
+                f"are fixed in number."]
+    print(write_table(Path(f"{args.out}-kl"), kl_header, kl_costs([8, 16, 32, 64]), kl_notes))
 
 
 if __name__ == "__main__":
