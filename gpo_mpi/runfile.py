@@ -116,9 +116,6 @@ class RunFileWriter:
             "rounds/share_set_sizes": ((m,), np.int64),
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
-            "rounds/collective_calls": ((n_ranks, len(collective_kinds)), np.int64),
-            "rounds/bytes_sent": ((n_ranks, len(collective_kinds)), np.int64),
-            "rounds/bytes_received": ((n_ranks, len(collective_kinds)), np.int64),
             "breeding/member_return_before": ((m,), np.float64), "breeding/selection_kl_matrix": ((m, m), np.float64),
             "breeding/parent_pairs": ((m, 2), np.int64), "breeding/fitter_parent": ((m,), np.int64),
             "breeding/pair_fitness": ((m,), np.float64),
@@ -128,6 +125,9 @@ class RunFileWriter:
             "evaluations/env_steps": ((), np.int64), "evaluations/evaluation_steps": ((), np.int64),
             "evaluations/returns": ((m, max(1, config.eval_episodes)), np.float64),
         }
+        if collective_kinds:  # MPI traffic per round, rank and kind (none without kinds: a writer outside a run)
+            self._growing.update({name: ((n_ranks, len(collective_kinds)), np.int64) for name in
+                                  ("rounds/collective_calls", "rounds/bytes_sent", "rounds/bytes_received")})
         if lengths is not None:
             with self._replacing() as run_file:
                 present = {name: length for name, length in lengths.items() if name in run_file}
