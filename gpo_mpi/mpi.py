@@ -227,6 +227,8 @@ class BatchExchange:
             return dict(enumerate(np.split(all_rows, sum(len(slots) for slots in self.slots_of_rank))))
         rank = self.comm.Get_rank()
         if self.graph is None or not np.array_equal(self.graph[0], reads):
+            if self.graph is not None:  # collective on the old graph, which every rank drops together
+                self.graph[1].Free()  # (MPI has a limited number of communicators: share sets may change often)
             sources, destinations = np.flatnonzero(reads[rank]), np.flatnonzero(reads[:, rank])
             self.graph = (reads, self.call(neighbor_graph, sources.tolist(), destinations.tolist()), sources)
         _, graph, sources = self.graph

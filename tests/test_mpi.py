@@ -132,3 +132,13 @@ def test_batch_exchange_gives_each_member_its_share_set(mpirun, tmp_path, n_rank
             assert got[f"{case}/allgather/received"][0] == 2 * (others * row_bytes + 8 * (n_ranks - 1))
             assert got[f"{case}/graph/received"][-1] == graph_bytes
             assert got[f"{case}/graph/received"][0] == 0  # no Allgatherv along the graph
+            # auto: the graph on more than 2 ranks where at most half of all rank pairs read each other
+            pairs_read = sum(len({r for member in slots[reader] for j in share_sets[member] for r in range(n_ranks)
+                                  if j in slots[r] and r != reader}) for reader in range(n_ranks))
+            uses_graph = n_ranks > 2 and pairs_read <= n_ranks * (n_ranks - 1) // 2
+            np.testing.assert_array_equal(got[f"{case}/auto/received"],
+                                          got[f"{case}/{'graph' if uses_graph else 'allgather'}/received"])
+        # share sets changing at every one of 2,101 calls: the last one's (asymmetric) blocks arrive
+        for member in slots[rank]:
+            for j in share_set_cases(population)["asymmetric"][member]:
+                np.testing.assert_array_equal(got[f"changing/{member}/{j}"], member_rows(j))

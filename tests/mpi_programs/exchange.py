@@ -15,6 +15,9 @@ from gpo_mpi.mpi import BatchExchange
 from gpo_mpi.record import PhaseTimer
 
 
+REBUILDS = 2101  # calls with changing share sets; the last (call 2,100) has the asymmetric ones
+
+
 def member_rows(member: int) -> np.ndarray:
     """Member i's batch: 5 rows of 3 values that name it."""
     return np.arange(15, dtype=np.float32).reshape(5, 3) + 100 * member
@@ -50,6 +53,17 @@ def main(population: int, out_dir: str) -> None:
                 for j in share_sets[member]:
                     saved[f"{case}/{mode}/{member}/{j}"] = blocks[j]
             saved[f"{case}/{mode}/received"] = traffic[:, 2]
+    # Share sets that change at every call: the graph is rebuilt each time, more often than MPICH has
+    # communicators (2,048) if the old graphs were not freed.
+    exchange = BatchExchange("graph", comm, slots_of_rank, lambda helper, *a: helper(comm, *a), PhaseTimer())
+    cases = share_set_cases(population)
+    changing = [cases["asymmetric"], cases["ring"]]  # both need a graph, and they differ
+    for call in range(REBUILDS):
+        share_sets = changing[call % 2]
+        blocks = exchange(share_sets, local_rows)
+    for member in slots_of_rank[rank]:
+        for j in share_sets[member]:
+            saved[f"changing/{member}/{j}"] = blocks[j]
     np.savez(f"{out_dir}/rank{rank}.npz", **saved)
 
 
