@@ -57,7 +57,7 @@ def main(population: int, out_dir: str) -> None:
     # communicators (2,048) if the old graphs were not freed.
     exchange = BatchExchange("graph", comm, slots_of_rank, lambda helper, *a: helper(comm, *a), PhaseTimer())
     cases = share_set_cases(population)
-    changing = [cases["asymmetric"], cases["ring"]]  # both need a graph, and they differ
+    changing = [cases["asymmetric"], cases["ring"]]  # both need a graph, a different one on 3 and 4 ranks
     for call in range(REBUILDS):
         share_sets = changing[call % 2]
         blocks = exchange(share_sets, local_rows)
