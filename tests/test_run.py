@@ -90,6 +90,16 @@ def test_gpo_sharing_run_matches_one_process(mpirun, tmp_path, sharing):
     for n_ranks in (2, 4):  # bit for bit: no sum depends on the layout of the members over the ranks
         for name, value in results[n_ranks].items():
             np.testing.assert_array_equal(value, one[name], err_msg=name)
+    if "--kl-states-total" in sharing:  # 10 states of each member's 64, not all 64: another KL matrix
+        out = tmp_path / "all-states.h5"
+        arguments = [a for a in sharing if a not in ("--kl-states-total", "40")]
+        assert run(mpirun, 1, out, "--algo", "gpo", "--population", "4", "--total-steps", "1024", "--rounds", "1",
+                   "--eval-episodes", "2", *arguments).returncode == 0
+        with h5py.File(out) as run_file:
+            all_states = run_file["rounds/kl_matrix"][0]
+        off_diagonal = ~np.eye(4, dtype=bool)
+        assert np.all(all_states[off_diagonal] > 0) and np.all(one["rounds/kl_matrix"][0][off_diagonal] > 0)
+        assert not np.any(all_states[off_diagonal] == one["rounds/kl_matrix"][0][off_diagonal])
 
 
 @pytest.mark.parametrize("algo", ["joint", "single"])
