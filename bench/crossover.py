@@ -1,31 +1,65 @@
-"""State-space against parameter-space crossover on a real task (the paper's Figure 3a).
+"""State-space against parameter-space crossover on a real task (the paper's Figure 3a),
+and what state-space crossover's training settings cost against what they give.
 
     python bench/crossover.py [--train-steps 800000] [--episodes 20] [--out docs/crossover-hopper]
     python bench/crossover.py --parents runs/crossover-parents.h5     # reuse trained parents
 
 Trains a population of 8 briefly and independently (`gpo-mpi --algo single`
 on 2 ranks), takes the 8 fittest distinct couples by final return, and
-breeds one child per couple both ways: by imitation in state space (the
-paper's operator, with its defaults) and by copying every layer from a
-random parent. Each parent and child is then rolled out for `--episodes`
-whole episodes; a child's return is reported normalized to its first parent
-(the fitter one). Writes PREFIX.md (table) and PREFIX.png (bar plot).
+breeds one child per couple both ways: by imitation in state space (with
+gpo-mpi's defaults) and by copying every layer from a random parent. Each
+parent and child is then rolled out for `--episodes` whole episodes; a
+child's return is reported normalized to its first parent (the fitter one).
+Writes PREFIX.md (table) and PREFIX.png (bar plot).
+
+Then every couple is bred again in state space under each of SETTINGS (the
+paper's minibatch of 64 and 100 selector epochs among them), each child
+timed (the crossover alone: selector, rollouts, DAgger; one thread) and
+evaluated like the others: PREFIX-settings.md/.csv.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpo_mpi import select, tools
+from common import git_commit, write_table
+from gpo_mpi import crossover, select, tools
 from gpo_mpi.evaluate import episode_returns
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec
 
 torch.set_num_threads(1)
+
+# State-space crossover's training settings, as config fields over the run's own.
+SETTINGS = {
+    "paper: minibatch 64, 100 selector epochs": dict(crossover_minibatch=64, selector_patience=0),
+    "minibatch 256": dict(crossover_minibatch=256, selector_patience=0),
+    "minibatch 256, selector patience 5": dict(crossover_minibatch=256, selector_patience=5),
+    "minibatch 256, selector patience 5, 5 DAgger epochs": dict(crossover_minibatch=256, selector_patience=5,
+                                                                dagger_epochs=5),
+    "minibatch 512, selector patience 5": dict(crossover_minibatch=512, selector_patience=5),
+}
+
+
+def timed_crossovers() -> list[float]:
+    """Wrap crossover.state_space_crossover so that each call's wall time is appended to the list returned."""
+    seconds, operator = [], crossover.state_space_crossover
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return operator(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    crossover.state_space_crossover = timed
+    return seconds
 
 
 def plot(rows: list[dict], out_png: Path, env_id: str) -> None:
@@ -58,6 +92,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/crossover-hopper"))
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
 
     parents_file = args.parents
@@ -80,6 +115,7 @@ def main() -> None:
                                      seed=args.seed + 10_000).mean())
 
     parent_returns = {member: evaluate(policies[member]) for member in np.unique(pairs)}
+    crossover_seconds = timed_crossovers()
     rows = []
     for index, (first, second) in enumerate(pairs):
         state_child, parameter_child = tools.breed_couple(run, first, second, seed=args.seed + 100 * index)
@@ -87,6 +123,21 @@ def main() -> None:
                          second=parent_returns[second], state_child=evaluate(state_child),
                          parameter_child=evaluate(parameter_child)))
         print(rows[-1], flush=True)
+    default_seconds = float(np.mean(crossover_seconds))
+
+    setting_rows = []
+    for name in args.settings:
+        config_of_setting = dataclasses.replace(config, **SETTINGS[name])
+        crossover_seconds.clear()
+        ratios = []
+        for index, (first, second) in enumerate(pairs):
+            state_child, _ = tools.breed_couple(run, first, second, seed=args.seed + 100 * index,
+                                                config=config_of_setting)
+            ratios.append(evaluate(state_child) / parent_returns[first])
+        setting_rows.append([name, f"{np.mean(crossover_seconds):.2f}", f"{np.mean(ratios):.2f}",
+                             f"{np.std(ratios, ddof=1) / np.sqrt(len(ratios)):.2f}",
+                             f"{sum(r >= 0.9 for r in ratios)} of {len(ratios)}"])
+        print(setting_rows[-1], flush=True)
 
     lines = [f"{config.env}: parents trained by `gpo-mpi --algo single --population 8 --total-steps "
              f"{config.total_steps}` (seed {config.seed}); every policy evaluated over {args.episodes} "
@@ -101,12 +152,21 @@ def main() -> None:
     parameter_ratio = np.mean([r["parameter_child"] / r["first"] for r in rows])
     kept = sum(r["state_child"] >= 0.9 * r["first"] for r in rows)
     lines += ["", f"Mean child / first parent: state-space {state_ratio:.2f}, parameter-space {parameter_ratio:.2f}. "
-              f"State-space children within 10% of their first parent or better: {kept} of {len(rows)}."]
+              f"State-space children within 10% of their first parent or better: {kept} of {len(rows)}. "
+              f"A state-space crossover took {default_seconds:.1f} s. Commit {git_commit()}."]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text + "\n")
     plot(rows, args.out.with_suffix(".png"), config.env)
+
+    header = ["setting", "s per child", "child / first parent", "standard error", "children >= 0.9 x first parent"]
+    notes = [f"{config.env}, the {len(pairs)} couples above, each child bred once per setting with the same seed "
+             f"and evaluated over {args.episodes} episodes with sampled actions. s per child: the state-space "
+             "crossover alone (selector, 5,000 expert and 5,000 DAgger steps, DAgger's training), one thread, "
+             f"mean over the couples. Settings (config fields over the defaults): "
+             + "; ".join(f"{name}: `{SETTINGS[name]}`" for name in args.settings) + f". Commit {git_commit()}."]
+    print(write_table(args.out.with_name(args.out.name + "-settings"), header, setting_rows, notes))
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
-                     "eval_episodes", "eval_every", "selector_states", "kl_states_total"]:
+                     "eval_episodes", "eval_every", "selector_states", "selector_patience", "kl_states_total"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -181,6 +181,8 @@ class RunConfig:
         for name in ["selector_lr", "dagger_lr"]:
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not 0 < self.selector_holdout < 1:
+            raise ConfigError(f"selector_holdout must lie in (0, 1), got {self.selector_holdout}")
         if not 0 < self.top_fraction <= 1:
             raise ConfigError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
         for name in ["diversity_weight_start", "diversity_weight_end"]:
@@ -239,7 +241,11 @@ class RunConfig:
     selector_lr: float = 5e-4
     """Adam learning rate of the selector."""
     selector_epochs: int = 100
-    """Passes over the parents' states when training the selector."""
+    """Passes over the parents' states when training the selector (at most, with selector_patience)."""
+    selector_patience: int = 0
+    """Stop the selector once its loss on held-out states has not improved for this many epochs, keeping its best epoch (0: always selector_epochs)."""
+    selector_holdout: float = 0.1
+    """Share of the selector's states held out to decide when it stops (only with selector_patience)."""
     selector_states: int = 4096
     """States per parent that train the selector, drawn evenly from its best trajectories of the whole round (0: all of them)."""
     crossover_minibatch: int = 64

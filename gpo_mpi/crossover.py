@@ -15,6 +15,7 @@ goes through the caller's `Sampler` and is counted by the caller.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch import nn
 from . import seeds
 from .config import RunConfig
 from .learner import gaussian_kl, minibatch_indices
-from .networks import GaussianPolicy, Selector
+from .networks import GaussianPolicy, Selector, numpy_forward
 from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
@@ -70,23 +71,49 @@ def return_weights(state_returns: np.ndarray) -> np.ndarray:
 
 def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.ndarray, weights: np.ndarray,
                    config: RunConfig, generator: torch.Generator) -> float:
-    """Weighted maximum likelihood: minimize -E_s[w_s log pi_S(parent_of_s | s)].
-    Returns the last epoch's mean loss."""
-    optimizer = torch.optim.Adam(selector.parameters(), lr=config.selector_lr)
+    """Weighted maximum likelihood: minimize -E_s[w_s log pi_S(parent_of_s | s)] for up to
+    `selector_epochs` epochs. With `selector_patience`, a `selector_holdout` share of the states
+    is held out, training stops once their loss has not improved for that many epochs, and the
+    selector keeps its best epoch's weights. Returns the loss of the kept selector on the
+    held-out states, or without them the last epoch's mean training loss."""
+    optimizer = torch.optim.Adam(selector.parameters(), lr=config.selector_lr, fused=True)
     states_t = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32))
     labels_t = torch.from_numpy(parent_labels.astype(np.int64))
     weights_t = torch.from_numpy(weights.astype(np.float32))
+
+    def weighted_nll(rows: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(selector(states_t[rows]), dim=-1)
+        return -(weights_t[rows] * log_probs.gather(1, labels_t[rows, None]).squeeze(1)).mean()
+
+    order = torch.randperm(len(states_t), generator=generator) if config.selector_patience else None
+    n_held_out = int(round(config.selector_holdout * len(states_t))) if config.selector_patience else 0
+    if n_held_out == 0 or n_held_out == len(states_t):
+        training_rows, held_out_rows = torch.arange(len(states_t)), None
+    else:
+        training_rows, held_out_rows = order[n_held_out:], order[:n_held_out]
+    best_loss, best_weights, stale_epochs = math.inf, None, 0
     for _ in range(config.selector_epochs):
         losses = []
-        for rows in minibatch_indices(len(states_t), config.crossover_minibatch, generator):
-            log_probs = torch.log_softmax(selector(states_t[rows]), dim=-1)
-            chosen = log_probs.gather(1, labels_t[rows, None]).squeeze(1)
-            loss = -(weights_t[rows] * chosen).mean()
+        for rows in minibatch_indices(len(training_rows), config.crossover_minibatch, generator):
+            loss = weighted_nll(training_rows[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-    return float(np.mean(losses))
+        if held_out_rows is None:
+            continue
+        with torch.no_grad():
+            held_out_loss = weighted_nll(held_out_rows).item()
+        if held_out_loss < best_loss:
+            best_loss, best_weights, stale_epochs = held_out_loss, copy.deepcopy(selector.state_dict()), 0
+        else:
+            stale_epochs += 1
+            if stale_epochs >= config.selector_patience:
+                break
+    if best_weights is None:
+        return float(np.mean(losses))
+    selector.load_state_dict(best_weights)
+    return best_loss
 
 
 class Expert:
@@ -95,29 +122,29 @@ class Expert:
     `choice` "argmax" takes the more likely parent (ties: the first), so a
     state where pi_S is unsure is labelled by one parent's action rather than,
     over many visits, by the average of both; "sample" draws it from pi_S.
+    Selector and parents run as numpy copies of their weights (the networks
+    do not change during a crossover), as the sampler's policies do.
     """
 
     def __init__(self, selector: Selector, parents: tuple[GaussianPolicy, GaussianPolicy], choice: str = "sample"):
-        self.selector = selector
-        self.parents = parents
         self.choice = choice
+        self.selector_logits = numpy_forward(selector.logit_net)
+        self.parent_means = [parent.numpy_mean() for parent in parents]
+        self.parent_log_stds = [parent.log_std.detach().numpy().copy() for parent in parents]
 
     def choose_parents(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """0 for the first parent, 1 for the second, for every row."""
-        with torch.no_grad():
-            second = torch.softmax(self.selector(torch.from_numpy(obs)), dim=-1)[:, 1].numpy()
+        logits = self.selector_logits(obs)
         if self.choice == "argmax":
-            return (second > 0.5).astype(np.int64)
+            return (logits[:, 1] > logits[:, 0]).astype(np.int64)
+        second = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax's second column
         return (rng.random(len(obs)) < second).astype(np.int64)
 
     def labels(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The chosen parent's mean and log-std at every row: the imitation targets."""
-        chosen = self.choose_parents(obs, rng)
-        with torch.no_grad():
-            outputs = [[t.detach().numpy() for t in parent(torch.from_numpy(obs))] for parent in self.parents]
-        second = chosen[:, None] == 1
-        means = np.where(second, outputs[1][0], outputs[0][0])
-        log_stds = np.where(second, outputs[1][1], outputs[0][1])
+        second = self.choose_parents(obs, rng)[:, None] == 1
+        means = np.where(second, self.parent_means[1](obs), self.parent_means[0](obs))
+        log_stds = np.where(second, self.parent_log_stds[1], self.parent_log_stds[0])
         return means.astype(np.float32), log_stds.astype(np.float32)
 
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -178,7 +205,7 @@ def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy,
 
     # 4. DAgger: each iteration the child samples, the expert labels, the child
     # learns on everything gathered so far.
-    optimizer = torch.optim.Adam(child.parameters(), lr=config.dagger_lr)
+    optimizer = torch.optim.Adam(child.parameters(), lr=config.dagger_lr, fused=True)
     imitation_loss = float("nan")
     for _ in range(config.dagger_iterations):
         child_batch, _ = sampler.run(child_sampling_actions(child), normalizer, config.dagger_steps, act_dim)

@@ -62,17 +62,22 @@ class GaussianPolicy(nn.Module):
         current weights: per environment step it costs a quarter of a torch
         forward, which matters when the policy is queried ~1M times a run.
         Take a new one after every update."""
-        linears = [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
-                   for layer in self.mean_net if isinstance(layer, nn.Linear)]
+        return numpy_forward(self.mean_net)
 
-        def mean(obs: np.ndarray) -> np.ndarray:
-            hidden = obs
-            for weight, bias in linears[:-1]:
-                hidden = np.tanh(hidden @ weight + bias)
-            weight, bias = linears[-1]
-            return hidden @ weight + bias
 
-        return mean
+def numpy_forward(net: nn.Sequential):
+    """A function obs -> output of an `mlp`, on numpy copies of its current weights."""
+    linears = [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy().copy())
+               for layer in net if isinstance(layer, nn.Linear)]
+
+    def forward(obs: np.ndarray) -> np.ndarray:
+        hidden = obs
+        for weight, bias in linears[:-1]:
+            hidden = np.tanh(hidden @ weight + bias)
+        weight, bias = linears[-1]
+        return hidden @ weight + bias
+
+    return forward
 
 
 class Selector(nn.Module):

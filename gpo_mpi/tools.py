@@ -146,11 +146,14 @@ def read_member(path: str, member: int | None) -> tuple[FinishedRun, int]:
     return run, chosen
 
 
-def breed_couple(run: FinishedRun, first: int, second: int, seed: int) -> tuple[GaussianPolicy, GaussianPolicy]:
+def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
+                 config: RunConfig | None = None) -> tuple[GaussianPolicy, GaussianPolicy]:
     """The state-space and the parameter-space child of two members, bred as in
     the run's crossover (state-space: from a batch of each parent's whole
-    episodes, starting as a copy of the first)."""
-    config, env = run.config, EnvSpec.of(run.config)
+    episodes, starting as a copy of the first), or with the crossover fields of
+    `config` where given."""
+    config = config or run.config
+    env = EnvSpec.of(config)
     parent_data = []
     for offset, parent in enumerate((first, second)):
         recorder = EpisodeRecorder(config.n_envs, stride=1)
