@@ -146,7 +146,8 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
-                     "eval_episodes", "eval_every", "selector_states", "selector_patience", "kl_states_total"]:
+                     "eval_episodes", "eval_every", "selector_states", "selector_patience", "kl_states_total",
+                     "elites"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -197,12 +198,15 @@ class RunConfig:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'gpo-mpi[tensorboard]'")
         if self.algo == "gpo" and self.population < 2:
             raise ConfigError("gpo needs a population of at least 2 to breed")
+        if self.algo == "gpo" and self.elites >= self.population:
+            raise ConfigError(f"elites ({self.elites}) must be below the population ({self.population}): "
+                              "at least one slot breeds a child")
         if self.iterations_per_round < 1:
             raise ConfigError(self._budget_advice())
 
     def _budget_advice(self) -> str:
         """Why total_steps does not fit, and which --total-steps or --rounds would."""
-        breeding = self.population * self.crossover_steps_per_child  # steps of one crossover phase
+        breeding = self.children_per_round * self.crossover_steps_per_child  # steps of one crossover phase
         needed = self.n_rounds * self.steps_per_iteration + (self.n_rounds - 1) * breeding
         advice = f"total_steps ({self.total_steps:,}) is too small: "
         if self.algo != "gpo":
@@ -224,6 +228,8 @@ class RunConfig:
     """Weight of diversity (KL) fitness against performance fitness in the first round (the paper's runs: 0)."""
     diversity_weight_end: float = 0.0
     """The same weight in the last round; linear in between."""
+    elites: int = 0
+    """The best `elites` members by return go on into the next round unchanged in their own slots (networks, optimizer, penalty weight and environments), and breed as parents too; the other slots get children (0: every slot gets a child, the paper's rule)."""
     distinct_couples: bool = True
     """An unordered couple breeds at most once per round; false allows (x, y) and (y, x) both."""
     child_init: Literal["fitter", "random"] = "fitter"
@@ -287,13 +293,18 @@ class RunConfig:
         return 0
 
     @property
+    def children_per_round(self) -> int:
+        """Slots that get a child at each breeding: all but the elites."""
+        return self.population - self.elites
+
+    @property
     def iterations_per_round(self) -> int:
         """Policy-gradient iterations in each round: the budget less the crossovers
         between rounds (there are rounds - 1), split evenly. Single and Joint run
         as one round."""
         if self.algo != "gpo":
             return self.total_steps // self.steps_per_iteration
-        crossover_steps = (self.rounds - 1) * self.population * self.crossover_steps_per_child
+        crossover_steps = (self.rounds - 1) * self.children_per_round * self.crossover_steps_per_child
         return max(0, self.total_steps - crossover_steps) // (self.rounds * self.steps_per_iteration)
 
     @property

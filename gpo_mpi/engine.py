@@ -387,7 +387,7 @@ class Population:
     def select(self, round_index: int) -> np.ndarray:
         """Rank 0 picks a pair of parents for every member slot and scatters them.
 
-        Returns this rank's jobs: rows [first parent, second parent, fitter parent].
+        Returns this rank's jobs: rows [first parent, second parent, fitter parent] (an elite's: itself).
         """
         config = self.config
         with self.timer("select"):
@@ -400,13 +400,13 @@ class Population:
                                                  config.diversity_weight_end)
                 fitness = select.mixed_fitness(ranked_returns, kl, weight)
                 if config.has("S"):
-                    pairs = select.fittest_pairs(fitness, config.population, config.distinct_couples)
+                    pairs = select.fittest_pairs(fitness, config.children_per_round, config.distinct_couples)
                 else:
-                    pairs = select.random_pairs(config.population, config.population,
+                    pairs = select.random_pairs(config.population, config.children_per_round,
                                                 seeds.random_couples(config.seed, round_index))
-                fitter = select.fitter_parents(pairs, member_returns)
-                jobs = np.column_stack([pairs, fitter])
-                self.recorder.selection(member_returns, kl, pairs, fitter, select.pair_fitness(fitness, pairs))
+                jobs = select.breeding_jobs(pairs, member_returns, config.elites)
+                self.recorder.selection(member_returns, kl, jobs[:, :2], jobs[:, 2],
+                                        select.pair_fitness(fitness, jobs[:, :2]))
             counts = np.array([len(config.member_slots(rank, self.n_ranks)) for rank in range(self.n_ranks)])
             return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
 
@@ -428,7 +428,7 @@ class Population:
             diagnostics = []
             for lm, (x, y, fitter) in zip(self.local, jobs):
                 diagnostics.append(self.breed(lm, x, y, fitter, parents, parent_data, round_index))
-            self.env_steps += config.population * config.crossover_steps_per_child
+            self.env_steps += config.children_per_round * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
         return rows
 
@@ -465,9 +465,11 @@ class Population:
 
     def breed(self, lm: LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
               parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
-        """Replace `lm`'s member by the child of x and y (`parents`: gather_parents' rows). Returns the
-        crossover diagnostics."""
+        """Replace `lm`'s member by the child of x and y (`parents`: gather_parents' rows; an elite, x == y ==
+        its own slot, stays as it is). Returns the crossover diagnostics."""
         config = self.config
+        if x == y == lm.member.index:  # an elite goes on as it is
+            return (np.nan, np.nan, np.nan)
         seed = seeds.child(config.seed, lm.member.index, round_index)
         parent_policies = []
         for index in (x, y):

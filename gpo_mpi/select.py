@@ -93,3 +93,23 @@ def fitter_parents(pairs: np.ndarray, member_returns: np.ndarray) -> np.ndarray:
 def pair_fitness(fitness: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Fitness of each chosen pair, for the record."""
     return fitness[pairs[:, 0], pairs[:, 1]]
+
+
+def elite_members(member_returns: np.ndarray, elites: int) -> np.ndarray:
+    """The `elites` members of highest ranked return, best first (the lower index first on a tie)."""
+    return np.argsort(-ranked_returns(member_returns), kind="stable")[:elites]
+
+
+def breeding_jobs(pairs: np.ndarray, member_returns: np.ndarray, elites: int) -> np.ndarray:
+    """Every slot's job at a breeding, in slot order: rows [first parent, second parent, fitter parent].
+
+    An elite's row names itself three times: it goes on unchanged. The other slots take
+    `pairs` (one per slot, population - elites of them) in order.
+    """
+    jobs = np.empty((len(member_returns), 3), dtype=np.int64)
+    kept = elite_members(member_returns, elites)
+    jobs[kept] = kept[:, None]
+    breeding = np.setdiff1d(np.arange(len(member_returns)), kept)
+    jobs[breeding, :2] = pairs
+    jobs[breeding, 2] = fitter_parents(pairs, member_returns)
+    return jobs

@@ -87,6 +87,8 @@ def test_bad_toml_is_rejected_with_one_line(tmp_path, text, message):
     (["--total-steps", "1000", "--algo", "single"], 1, "total_steps (1,000) is too small"),
     (["--population", "1"], 1, "gpo needs a population of at least 2"),
     (["--components", "CX"], 1, "components must be letters out of C, S, M"),
+    (["--elites", "8"], 1, "elites (8) must be below the population (8)"),
+    (["--elites", "-1"], 1, "elites must be zero or positive"),
     (["--top-fraction", "0"], 1, "top_fraction must lie in (0, 1]"),
     (["--algo", "joint", "--population", "2"], 3, "population (2) must be at least the number of ranks (3)"),
     (["--config", "/nonexistent.toml"], 1, "does not exist"),

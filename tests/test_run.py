@@ -323,6 +323,41 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
             np.testing.assert_array_equal(runs[n_ranks][name], one[name], err_msg=name)
 
 
+def test_elites_go_on_unchanged_and_the_other_slots_breed(mpirun, tmp_path):
+    """--elites 1, with learning rates too small to move a weight in mutation: the best member of round 1
+    keeps its initial policy to the end (a Single run's), every other slot gets a child of the fittest
+    couples that DAgger moved; the breeding takes 3 children's steps, not 4. The same run on 1 and 2 ranks."""
+    from gpo_mpi import select
+    frozen = ["--policy-lr", "1e-30", "--critic-lr", "1e-30", "--population", "4", "--eval-episodes", "1"]
+    shape = ["--rounds", "2", "--expert-steps", "64", "--dagger-iterations", "2", "--dagger-steps", "32",
+             "--selector-epochs", "2", "--dagger-epochs", "2", "--total-steps", str(2 * 256 + 3 * 128)]
+    initial = run(mpirun, 1, tmp_path / "single.h5", "--algo", "single", "--total-steps", "256", *frozen)
+    assert initial.returncode == 0, initial.stderr
+    initial_policies = read_run(tmp_path / "single.h5")["final/policy_parameters"]
+    runs = {}
+    for n_ranks in (1, 2):
+        result = run(mpirun, n_ranks, tmp_path / f"elite{n_ranks}.h5", *shape, *frozen, "--elites", "1")
+        assert result.returncode == 0, result.stderr
+        runs[n_ranks] = read_run(tmp_path / f"elite{n_ranks}.h5")
+    one = runs[1]
+    np.testing.assert_array_equal(one["iterations/env_steps"], [256, 256 + 3 * 128 + 256])
+    before = one["breeding/member_return_before"][0]
+    elite = int(np.argmax(before))
+    jobs = np.column_stack([one["breeding/parent_pairs"][0], one["breeding/fitter_parent"][0]])
+    np.testing.assert_array_equal(jobs[elite], [elite, elite, elite])
+    others = np.arange(4) != elite
+    np.testing.assert_array_equal(jobs[others, :2], select.fittest_pairs(select.performance_fitness(before), 3))
+    final_policies = one["final/policy_parameters"]
+    # a step of 1e-30 leaves every weight as it was, but for the biases initialized at zero
+    np.testing.assert_allclose(final_policies[elite], initial_policies[elite], rtol=0, atol=1e-20)
+    assert all(np.abs(final_policies[slot] - initial_policies[slot]).max() > 1e-4 for slot in np.flatnonzero(others))
+    assert np.isnan(one["breeding/imitation_loss"][0, elite]) and np.all(np.isfinite(
+        one["breeding/imitation_loss"][0, others]))
+    for name, value in one.items():  # bit for bit on 2 ranks, but for the clocks and the traffic
+        if not name.startswith(("checkpoint", "rounds/time_", "rounds/bytes", "rounds/collective", "iterations/wall")):
+            np.testing.assert_array_equal(runs[2][name], value, err_msg=name)
+
+
 def test_share_rounds_stops_sharing_after_the_first_rounds(mpirun, tmp_path):
     """--share-rounds 1: every member reads all 4 batches in round 1 and only its own in round 2; round 1
     is the run of the default (sharing in every round) up to its breeding."""

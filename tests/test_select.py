@@ -69,3 +69,13 @@ def test_random_pairs_are_couples_of_two_members_and_seeded():
 def test_pair_fitness_reads_the_table():
     fitness = np.arange(9.0).reshape(3, 3)
     np.testing.assert_array_equal(select.pair_fitness(fitness, np.array([[0, 2], [2, 1]])), [2.0, 7.0])
+
+
+def test_elites_keep_their_slots_and_the_others_take_the_pairs_in_order():
+    returns = np.array([10.0, 50.0, np.nan, 40.0, 50.0])  # a tie at 50 (the lower index first), no episode at 2
+    np.testing.assert_array_equal(select.elite_members(returns, 3), [1, 4, 3])
+    pairs = np.array([[1, 4], [3, 0]])
+    jobs = select.breeding_jobs(pairs, returns, 3)
+    np.testing.assert_array_equal(jobs, [[1, 4, 1], [1, 1, 1], [3, 0, 3], [3, 3, 3], [4, 4, 4]])
+    no_elites = select.breeding_jobs(np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]]), returns, 0)
+    np.testing.assert_array_equal(no_elites[:, 2], [1, 1, 3, 4, 4])  # the member without episodes is never fitter
