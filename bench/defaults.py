@@ -40,6 +40,10 @@ CANDIDATES = {
     # the ablation's reading: sharing speeds rounds 1 to 3, and the run without it climbs past it later
     "all members in rounds 1-2 only": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta initial "
                                       "--expert-choice argmax --share-rounds 2",
+    # Single's best member is ahead of GPO's on this task, and most breedings dip below the fitter parent:
+    # the best member passes on unchanged
+    "all members, 1 elite": f"{ALL_MEMBERS} --share-ratio-cap 1 --child-beta initial --expert-choice argmax "
+                            "--elites 1",
 }
 # bench/reproduce.py's runs, read (or made) under its own file names.
 REFERENCES = {"paper-literal": "gpo-literal", "single": "single", "joint": "joint"}
