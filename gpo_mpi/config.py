@@ -117,7 +117,7 @@ class RunConfig:
     share_ratio_cap: float = 1.0
     """Truncation of the fixed factor pi_i_old / pi_j_old of a foreign sample's importance weight, as V-trace's (inf: none, the paper's)."""
     exchange: Literal["auto", "allgather", "graph"] = "auto"
-    """How shared batches reach the ranks: one Allgatherv of every batch to every rank, or a neighbourhood Allgatherv along the sharing graph (a rank receives only from ranks holding members its members read); auto: the graph on more than 2 ranks where at most half of all rank pairs read each other. The same run either way; only the bytes differ."""
+    """How shared batches and crossover's parents reach the ranks: one Allgatherv of every member's to every rank, or a neighbourhood Allgatherv along the graph of who reads whom (a rank receives only from ranks holding members its members read, or its children's parents); auto: the graph on more than 2 ranks where at most half of all rank pairs read each other. The same run either way; only the bytes differ."""
     critic_data: Literal["own", "shared"] = "own"
     """What each critic is fitted on under data sharing: its member's own batch, or the whole pooled data S_i."""
     kl_states: int = 1024

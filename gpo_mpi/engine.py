@@ -113,8 +113,10 @@ class Population:
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
         self.share_sets = [np.array([i]) for i in range(config.n_policies)]
-        self.exchange = mpi.BatchExchange(config.exchange, comm, [config.member_slots(rank, self.n_ranks)
-                                                               for rank in range(self.n_ranks)], self._mpi, self.timer)
+        slots_of_rank = [config.member_slots(rank, self.n_ranks) for rank in range(self.n_ranks)]
+        self.exchange = mpi.BatchExchange(config.exchange, comm, slots_of_rank, self._mpi, self.timer)
+        # crossover's parents travel to the ranks that breed their children (a graph of its own, cached apart)
+        self.parent_exchange = mpi.BatchExchange(config.exchange, comm, slots_of_rank, self._mpi, self.timer)
         self.last_batches: list[Batch] = []
         self.env_steps = 0
         self.evaluation_steps = 0  # of the latest evaluation (not training steps)
@@ -385,14 +387,15 @@ class Population:
 
     # ------------------------------------------------------------- SELECT
     def select(self, round_index: int) -> np.ndarray:
-        """Rank 0 picks a pair of parents for every member slot and scatters them.
+        """Rank 0 picks a pair of parents for every member slot and broadcasts them (every rank needs
+        all jobs to know where each parent goes).
 
-        Returns this rank's jobs: rows [first parent, second parent, fitter parent] (an elite's: itself).
+        Returns every slot's job: rows [first parent, second parent, fitter parent] (an elite's: itself).
         """
         config = self.config
         with self.timer("select"):
             kl = self.measure_kl_matrix()
-            jobs = None
+            jobs = np.zeros((config.population, 3), dtype=np.int64)
             if self.rank == 0:
                 member_returns = self.recorder.returns.member_returns()
                 ranked_returns = select.ranked_returns(member_returns)
@@ -404,15 +407,15 @@ class Population:
                 else:
                     pairs = select.random_pairs(config.population, config.children_per_round,
                                                 seeds.random_couples(config.seed, round_index))
-                jobs = select.breeding_jobs(pairs, member_returns, config.elites)
+                jobs[:] = select.breeding_jobs(pairs, member_returns, config.elites)
                 self.recorder.selection(member_returns, kl, jobs[:, :2], jobs[:, 2],
                                         select.pair_fitness(fitness, jobs[:, :2]))
-            counts = np.array([len(config.member_slots(rank, self.n_ranks)) for rank in range(self.n_ranks)])
-            return self._mpi(mpi.scatter_rows, jobs, counts, (3,), np.int64)
+            return self._mpi(mpi.bcast_flat, jobs)
 
     # ---------------------------------------------------------- CROSSOVER
     def crossover(self, jobs: np.ndarray, round_index: int) -> None:
-        """Every rank breeds the children of its member slots from the parents' parameters and trajectories."""
+        """Every rank breeds the children of its member slots (`jobs`: every slot's) from the parents'
+        parameters and trajectories."""
         start = time.monotonic()
         diagnostics = self.breed_all(jobs, round_index)
         if self.recorder:
@@ -422,34 +425,41 @@ class Population:
         """Breed this rank's children; returns every child's crossover diagnostics, in member order."""
         config = self.config
         with self.timer("crossover"):
-            parents = self.gather_parents()
-            parent_data = self.gather_selector_data(round_index) if config.crossover_steps_per_child else None
+            parent_sets = [np.unique(job[:2]) for job in jobs]  # whom each slot's child is bred from
+            parents = self.gather_parents(parent_sets)
+            parent_data = self.gather_selector_data(parent_sets, round_index) \
+                if config.crossover_steps_per_child else None
 
             diagnostics = []
-            for lm, (x, y, fitter) in zip(self.local, jobs):
+            for lm, (x, y, fitter) in zip(self.local, jobs[self.first_slot:self.first_slot + len(self.local)]):
                 diagnostics.append(self.breed(lm, x, y, fitter, parents, parent_data, round_index))
             self.env_steps += config.children_per_round * config.crossover_steps_per_child
             rows, _ = self._mpi(mpi.allgatherv_rows, np.array(diagnostics, dtype=np.float64).reshape(-1, 3))
         return rows
 
-    def gather_parents(self) -> dict[str, np.ndarray]:
-        """Every member's policy, critic and beta (and Adam states, where children inherit them) on every
-        rank, one float32 row per member in member order, in one Allgatherv; beta's float64 travels as
-        its two 32-bit halves, bit for bit."""
+    def gather_parents(self, parent_sets: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The policy, critic and beta (and Adam states, where children inherit them) of the parents this
+        rank's children are bred from (`parent_sets`, by slot), as one float32 row per member in member
+        order (NaN for members this rank does not need); beta's float64 travels as its two 32-bit halves,
+        bit for bit. Moved by the parent exchange: along a graph, a rank receives only its parents."""
         parts = {"policy": lambda m: flat_parameters(m.policy), "critic": lambda m: flat_parameters(m.critic),
                  "beta": lambda m: np.array([m.beta], dtype=np.float64).view(np.float32)}
         if self.config.child_optimizer == "fitter":
             parts["policy_optimizer"] = lambda m: adam_state(m.policy_optimizer)
             parts["critic_optimizer"] = lambda m: adam_state(m.critic_optimizer)
         pieces = [[part(member) for part in parts.values()] for member in self.members]
-        rows, _ = self._mpi(mpi.allgatherv_rows, np.stack([np.concatenate(p) for p in pieces]))
+        local_rows = np.stack([np.concatenate(p) for p in pieces])
+        rows = np.full((self.config.population, local_rows.shape[1]), np.nan, dtype=np.float32)
+        for member, member_row in self.parent_exchange(parent_sets, local_rows).items():
+            rows[member] = member_row[0]
         columns = dict(zip(parts, np.split(rows, np.cumsum([len(piece) for piece in pieces[0]])[:-1], axis=1)))
         columns["beta"] = np.ascontiguousarray(columns["beta"]).view(np.float64)
         return columns
 
-    def gather_selector_data(self, round_index: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Every member's selector data (states of its best trajectories of the round
-        and their returns) on every rank, by member index (one Allgatherv)."""
+    def gather_selector_data(self, parent_sets: list[np.ndarray], round_index: int
+                             ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The selector data (states of its best trajectories of the round and their returns) of each
+        parent this rank's children are bred from, by member index (by the parent exchange)."""
         config = self.config
         rows = []
         for lm, last_batch in zip(self.local, self.last_batches):
@@ -458,10 +468,10 @@ class Population:
             rng = seeds.selector_states(config.seed, lm.member.index, round_index)
             states, returns = crossover.selector_data(trajectories, config.top_fraction, config.selector_states, rng)
             rows.append(np.column_stack([np.full(len(states), lm.member.index), returns, states]))
-        all_rows, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(rows))
-        members = all_rows[:, 0].astype(int)
-        return {index: (np.ascontiguousarray(all_rows[members == index, 2:], dtype=np.float32),
-                        all_rows[members == index, 1]) for index in range(config.population)}
+        received, _ = self.parent_exchange.received_rows(parent_sets, np.concatenate(rows))
+        members = received[:, 0].astype(int)
+        return {index: (np.ascontiguousarray(received[members == index, 2:], dtype=np.float32),
+                        received[members == index, 1]) for index in np.unique(members)}
 
     def breed(self, lm: LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
               parent_data: dict | None, round_index: int) -> tuple[float, float, float]:

@@ -1,7 +1,8 @@
 """Every MPI call of gpo-mpi: no other module imports mpi4py.
 
 Besides the helpers, the one communication pattern built from them that
-needs no model: data sharing's exchange of batches (`BatchExchange`), and
+needs no model: the exchange of member data to the ranks that read it
+(`BatchExchange`: data sharing's batches, crossover's parents), and
 the count of bytes every call moves (`traffic`).
 
 Helpers take `comm` explicitly and move numpy buffers with mpi4py's
@@ -30,7 +31,6 @@ __all__ = [
     "neighbor_allgatherv_rows",
     "BatchExchange",
     "rank_reads",
-    "scatter_rows",
     "allreduce_sum",
     "sum_gradients",
     "check_synced",
@@ -44,7 +44,8 @@ __all__ = [
     "traffic",
 ]
 
-# What `traffic` counts, in this order wherever the counts are stored.
+# What `traffic` counts, in this order wherever the counts are stored. (Nothing is scattered any more: the
+# kind stays, at zero, so that run files keep one layout and older ones resume.)
 COLLECTIVE_KINDS = ("allgatherv", "scatterv", "allreduce", "bcast", "objects", "neighbor_allgatherv")
 
 
@@ -201,13 +202,14 @@ def rank_reads(share_sets: list[np.ndarray], slots_of_rank: list[range]) -> np.n
 
 
 class BatchExchange:
-    """Data sharing's batches to the ranks whose members read them.
+    """Member data to the ranks whose members read it: data sharing's batches along the share sets, and
+    crossover's parents to the ranks breeding their children.
 
-    `mode` graph: a neighbourhood Allgatherv along the sharing graph, so a rank receives only from the
+    `mode` graph: a neighbourhood Allgatherv along the reading graph, so a rank receives only from the
     ranks that hold members its members read (the graph is rebuilt only when that changes); allgather:
-    every batch to every rank with one Allgatherv; auto: the graph on more than 2 ranks where at most half
-    of all rank pairs read each other. Every rank holds the same share sets, so all take the same branch,
-    and every mode gives each member the same batches; only the bytes moved differ.
+    every member's rows to every rank with one Allgatherv; auto: the graph on more than 2 ranks where at
+    most half of all rank pairs read each other. Every rank passes the same reading sets, so all take the
+    same branch, and every mode gives each member the same rows; only the bytes moved differ.
     """
 
     def __init__(self, mode: str, comm, slots_of_rank: list[range], call, timer):
@@ -217,14 +219,22 @@ class BatchExchange:
         self.graph = None  # (the rank_reads it was built for, its communicator, this rank's sources)
 
     def __call__(self, share_sets: list[np.ndarray], local_rows: np.ndarray) -> dict[int, np.ndarray]:
-        """`local_rows`: this rank's members' batches as rows, one equal block per member in member order.
-        Returns the blocks this rank's members read (their own included), by member index."""
+        """`share_sets[i]`: the members member i reads; `local_rows`: this rank's members' rows, one equal
+        block per member in member order. Returns the blocks this rank's members read (their own
+        included), by member index."""
+        rows, slots = self.received_rows(share_sets, local_rows)
+        return dict(zip(slots, np.split(rows, len(slots))))
+
+    def received_rows(self, share_sets: list[np.ndarray], local_rows: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The rows of the ranks this rank's members read from (under Allgatherv, of every rank) and its
+        own, concatenated, with the member slots they came from, in order. Blocks may differ in length
+        here (then the rows must say whose they are)."""
         reads = rank_reads(share_sets, self.slots_of_rank)
         n_ranks = len(self.slots_of_rank)
         sparse = n_ranks > 2 and reads.sum() <= n_ranks * (n_ranks - 1) // 2  # (on 2 ranks both move the same)
         if self.mode == "allgather" or (self.mode == "auto" and not sparse):
             all_rows, _ = self.call(allgatherv_rows, local_rows)
-            return dict(enumerate(np.split(all_rows, sum(len(slots) for slots in self.slots_of_rank))))
+            return all_rows, [slot for slots in self.slots_of_rank for slot in slots]
         rank = self.comm.Get_rank()
         if self.graph is None or not np.array_equal(self.graph[0], reads):
             if self.graph is not None:  # collective on the old graph, which every rank drops together
@@ -235,26 +245,7 @@ class BatchExchange:
         with self.timer("communication"):  # on the graph's communicator, so not through `call`
             received, _ = neighbor_allgatherv_rows(graph, local_rows)
         source_slots = [slot for source in sources for slot in self.slots_of_rank[source]]
-        blocks = dict(zip(source_slots, np.split(received, len(source_slots)))) if source_slots else {}
-        blocks.update(zip(self.slots_of_rank[rank], np.split(local_rows, len(self.slots_of_rank[rank]))))
-        return blocks
-
-
-def scatter_rows(comm: MPI.Comm, rows: np.ndarray | None, row_counts: np.ndarray, row_shape: tuple,
-                 dtype, root: int = 0) -> np.ndarray:
-    """Send consecutive blocks of root's rows to the ranks in order: rank r gets
-    `row_counts[r]` rows (every rank passes the same counts; only root's `rows` are read)."""
-    row_size = int(np.prod(row_shape, dtype=np.int64))
-    element_counts = np.asarray(row_counts, dtype=np.int64) * row_size
-    displacements = np.concatenate(([0], np.cumsum(element_counts)[:-1]))
-    received = np.empty((int(row_counts[comm.Get_rank()]),) + tuple(row_shape), dtype=dtype)
-    send = [np.ascontiguousarray(rows, dtype=dtype), (element_counts, displacements)] if comm.Get_rank() == root \
-        else None
-    comm.Scatterv(send, received, root=root)
-    is_root = comm.Get_rank() == root
-    others = int(element_counts.sum() - element_counts[root]) * received.itemsize
-    traffic.add(comm, "scatterv", others if is_root else 0, 0 if is_root else received.nbytes)
-    return received
+        return np.concatenate([received, local_rows]), source_slots + list(self.slots_of_rank[rank])
 
 
 def allreduce_sum(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:

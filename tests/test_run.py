@@ -308,19 +308,46 @@ def test_gpo_rounds_match_one_process(mpirun, tmp_path):
         calls, sent, received = (runs[n_ranks][f"rounds/{name}"] for name in
                                  ("collective_calls", "bytes_sent", "bytes_received"))
         assert calls.shape == (3, n_ranks, 6)
-        np.testing.assert_array_equal(calls, np.repeat(one["rounds/collective_calls"], n_ranks, axis=1))
+        # (crossover's parents move by Allgatherv or, where auto finds it sparser, along a graph)
+        exchanges_merged = lambda c: np.concatenate([c[..., :1] + c[..., 5:], c[..., 1:5]], axis=-1)
+        np.testing.assert_array_equal(exchanges_merged(calls),
+                                      np.repeat(exchanges_merged(one["rounds/collective_calls"]), n_ranks, axis=1))
         # every rank receives what each other rank puts into an Allgatherv or broadcast; a Scatterv's
         # blocks go from the root to one rank each, a neighbourhood Allgatherv's rows to each destination
         # (counted as sent to each); an Allreduce's buffer counts both ways
         for kind, copies in ((0, n_ranks - 1), (3, n_ranks - 1), (1, 1), (5, 1)):
             np.testing.assert_array_equal(received[:, :, kind].sum(axis=1), copies * sent[:, :, kind].sum(axis=1))
         np.testing.assert_array_equal(received[:, :, 2], sent[:, :, 2])
-        assert np.all(received[:, :, 0] > 0) and np.all(received[:2, :, 1].sum(axis=1) > 0)  # jobs, rounds 1-2
+        assert np.all(received[:, :, 0] > 0) and not calls[:, :, 1].any()  # nothing scattered
+        assert np.all(received[:2, 1:, 3] >= 4 * 3 * 8)  # rounds 1-2: rank 0 broadcasts the 4 jobs
     for n_ranks in (2, 3, 4):
         np.testing.assert_array_equal(runs[n_ranks]["breeding/parent_pairs"], pairs)
         for name in ("final/policy_parameters", "final/critic_parameters", "iterations/member_return",
                      "breeding/child_return", "breeding/fitter_parent", "rounds/kl_matrix", "final/eval_returns"):
             np.testing.assert_array_equal(runs[n_ranks][name], one[name], err_msg=name)
+
+
+def test_crossover_parents_reach_only_the_ranks_that_breed_from_them(mpirun, tmp_path):
+    """Population 4 on 4 ranks without data sharing: with --exchange graph each rank receives only its
+    child's two parents (and their selector data), fewer bytes than every member by Allgatherv on every
+    rank, and the run is the one process's."""
+    runs = {}
+    for name, n_ranks, exchange in (("one", 1, "allgather"), ("allgather", 4, "allgather"), ("graph", 4, "graph")):
+        result = run(mpirun, n_ranks, tmp_path / f"{name}.h5", *TINY_GPO, "--components", "CS",
+                     "--exchange", exchange, "--eval-episodes", "1")
+        assert result.returncode == 0, result.stderr
+        runs[name] = read_run(tmp_path / f"{name}.h5")
+    for name, value in runs["one"].items():
+        if not name.startswith(("checkpoint", "rounds/time_", "rounds/bytes", "rounds/collective", "iterations/wall")):
+            for other in ("allgather", "graph"):
+                np.testing.assert_array_equal(runs[other][name], value, err_msg=f"{other}: {name}")
+    from gpo_mpi.mpi import COLLECTIVE_KINDS as kinds
+    received = {name: runs[name]["rounds/bytes_received"][:2].sum(axis=2) for name in ("allgather", "graph")}
+    assert np.all(received["graph"] < received["allgather"])  # both breeding rounds, every rank
+    graph_calls = runs["graph"]["rounds/collective_calls"][:2, :, kinds.index("neighbor_allgatherv")]
+    np.testing.assert_array_equal(graph_calls, 2)  # the parents' networks, then their selector data
+    np.testing.assert_array_equal(runs["allgather"]["rounds/collective_calls"][:2, :, kinds.index(
+        "neighbor_allgatherv")], 0)
 
 
 def test_elites_go_on_unchanged_and_the_other_slots_breed(mpirun, tmp_path):
