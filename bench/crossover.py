@@ -44,6 +44,12 @@ SETTINGS = {
     "minibatch 256, selector patience 5, 5 DAgger epochs": dict(crossover_minibatch=256, selector_patience=5,
                                                                 dagger_epochs=5),
     "minibatch 512, selector patience 5": dict(crossover_minibatch=512, selector_patience=5),
+    "minibatch 512, selector patience 5, 5 DAgger epochs": dict(crossover_minibatch=512, selector_patience=5,
+                                                                dagger_epochs=5),
+    "minibatch 512, selector patience 5, 5 DAgger epochs, learning rates x2": dict(
+        crossover_minibatch=512, selector_patience=5, dagger_epochs=5, selector_lr=1e-3, dagger_lr=1e-3),
+    "minibatch 1024, selector patience 5, 3 DAgger epochs, learning rates x2": dict(
+        crossover_minibatch=1024, selector_patience=5, dagger_epochs=3, selector_lr=1e-3, dagger_lr=1e-3),
 }
 
 
