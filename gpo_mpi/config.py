@@ -286,6 +286,14 @@ class RunConfig:
         return self.has("M") and (self.share_rounds == 0 or round_index < self.share_rounds)
 
     @property
+    def share_sets_need_kl(self) -> bool:
+        """Whether S_i depends on the KL matrix: not when every member reads every other (no threshold
+        and no nearest-first limit short of the whole population), so that measuring it again within a
+        round would change nothing."""
+        reads_every_member = self.share_max == 0 or self.share_max >= self.population - 1
+        return not (math.isinf(self.share_epsilon) and reads_every_member)
+
+    @property
     def crossover_steps_per_child(self) -> int:
         """Environment steps one state-space crossover takes (0 for the other operators)."""
         if self.has("C") and self.crossover_operator == "state":

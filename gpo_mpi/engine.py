@@ -208,7 +208,8 @@ class Population:
                 sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, config.batch_steps)
                            for lm in self.local]
                 self.last_batches = [batch for batch, _ in sampled]
-                remeasure = config.shares_in(round_index) and config.share_every and step % config.share_every == 0
+                remeasure = (config.shares_in(round_index) and config.share_every and step % config.share_every == 0
+                             and config.share_sets_need_kl)
                 if config.algo == "gpo" and (step == 0 or remeasure):
                     self.measure_sharing(round_index, step)
                 stats = self.update_members()

@@ -240,26 +240,48 @@ def update(member: Member, data: PooledData, config: RunConfig, parallel: DataPa
         inside = (global_rows >= first_row) & (global_rows < first_row + n_local)
         return global_rows[inside] - first_row
 
+    # A full-batch epoch (the defaults' minibatch 0) takes every row in order: the tensors themselves
+    # rather than copies gathered row by row, and what depends only on the rows worked out once.
+    full_batch = config.minibatch == 0 or config.minibatch >= total_rows  # see minibatch_indices
+    own_rows = torch.nonzero(data.own).squeeze(1)
+    own_old_mean = old_mean[own_rows]
+
+    def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return tensor if full_batch else tensor[rows]
+
     def policy_loss(rows, n_rows: int) -> torch.Tensor:
-        mean, log_std = policy(data.obs[rows])
-        log_probs = gaussian_log_prob(mean, log_std, data.actions[rows])
-        ratios = importance_ratios(log_probs, data.behaviour_log_probs[rows])
+        mean, log_std = policy(take(data.obs, rows))
+        log_probs = gaussian_log_prob(mean, log_std, take(data.actions, rows))
+        ratios = importance_ratios(log_probs, take(data.behaviour_log_probs, rows))
         if not only_own_data:
-            ratios = ratios * data.weights[rows]
+            ratios = ratios * take(data.weights, rows)
         if config.mutation == "a2c":
-            return a2c_loss(ratios, data.advantages[rows], n_rows)
-        old_mean_rows, n_own_rows = old_mean[rows], n_rows
+            return a2c_loss(ratios, take(data.advantages, rows), n_rows)
+        old_mean_rows, n_own_rows = take(old_mean, rows), n_rows
         if not only_own_data:  # the KL penalty looks at the learner's own states only
-            own = data.own[rows]
-            old_mean_rows, mean, n_own_rows = old_mean_rows[own], mean[own], int(own.sum())
+            if full_batch:
+                old_mean_rows, mean, n_own_rows = own_old_mean, mean[own_rows], len(own_rows)
+            else:
+                own = data.own[rows]
+                old_mean_rows, mean, n_own_rows = old_mean_rows[own], mean[own], int(own.sum())
         kl = gaussian_kl(old_mean_rows, old_log_std, mean, log_std)
-        return ppo_loss(ratios, data.advantages[rows], kl, member.beta, n_rows, n_own_rows)
+        return ppo_loss(ratios, take(data.advantages, rows), kl, member.beta, n_rows, n_own_rows)
+
+    # the critic's rows of a full-batch epoch: its member's own, or all of them
+    critic_obs, critic_returns = (data.obs[own_rows], data.returns[own_rows]) if critic_own_only else (
+        data.obs, data.returns)
 
     def critic_loss(rows, n_rows: int) -> torch.Tensor:
-        if critic_own_only:
-            rows = rows[data.own[rows]]
-            n_rows = len(rows)
-        return ((critic(data.obs[rows]) - data.returns[rows]) ** 2).sum() / max(n_rows, 1)
+        if full_batch:
+            obs, returns = critic_obs, critic_returns
+            if critic_own_only:
+                n_rows = len(own_rows)
+        else:
+            if critic_own_only:
+                rows = rows[data.own[rows]]
+                n_rows = len(rows)
+            obs, returns = data.obs[rows], data.returns[rows]
+        return ((critic(obs) - returns) ** 2).sum() / max(n_rows, 1)
 
     last_policy_loss = last_critic_loss = torch.zeros(())
     policy_epochs = config.policy_epochs
@@ -285,8 +307,8 @@ def update(member: Member, data: PooledData, config: RunConfig, parallel: DataPa
             _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, sum_gradients)
 
     with torch.no_grad():
-        new_mean, new_log_std = policy(data.obs[data.own])
-        kl_sum = float(gaussian_kl(old_mean[data.own], old_log_std, new_mean, new_log_std).sum())
+        new_mean, new_log_std = policy(data.obs[own_rows])
+        kl_sum = float(gaussian_kl(own_old_mean, old_log_std, new_mean, new_log_std).sum())
     kl_sum_and_rows = np.array([kl_sum, float(data.own.sum())])
     if parallel is not None:
         kl_sum_and_rows = parallel.sum_values(kl_sum_and_rows)

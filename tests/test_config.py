@@ -189,3 +189,11 @@ def test_kl_states_per_member():
     assert config.RunConfig(population=8, kl_states_total=8192).kl_states_per_member == 1024
     assert config.RunConfig(population=256, kl_states_total=8192).kl_states_per_member == 32
     assert config.RunConfig(population=16, kl_states_total=8).kl_states_per_member == 1  # at least one
+
+
+def test_share_sets_need_the_kl_matrix_only_where_it_can_change_them():
+    assert not config.RunConfig(population=8).share_sets_need_kl  # the defaults: every member reads every other
+    assert not config.RunConfig(population=8, share_max=0).share_sets_need_kl
+    assert not config.RunConfig(population=4, share_max=7).share_sets_need_kl
+    assert config.RunConfig(population=8, share_max=6).share_sets_need_kl  # the nearest 6 of 7
+    assert config.RunConfig(population=8, share_epsilon=1e9).share_sets_need_kl  # a threshold

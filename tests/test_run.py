@@ -102,6 +102,31 @@ def test_gpo_sharing_run_matches_one_process(mpirun, tmp_path, sharing):
         assert not np.any(all_states[off_diagonal] == one["rounds/kl_matrix"][0][off_diagonal])
 
 
+def test_share_sets_that_cannot_change_are_not_measured_again(mpirun, tmp_path):
+    """With every member reading every other (the defaults), the KL matrix is measured at each round's
+    start only: the run of a threshold that every pair passes, with the matrix's three Allgatherv fewer in every
+    later iteration."""
+    runs = {}
+    for name, epsilon in (("every member", "inf"), ("threshold", "1e9")):
+        out = tmp_path / f"{name}.h5"
+        result = run(mpirun, 2, out, "--algo", "gpo", "--population", "4", "--total-steps", "1024", "--rounds", "2",
+                     "--expert-steps", "64", "--dagger-iterations", "1", "--dagger-steps", "32",
+                     "--eval-episodes", "1", "--share-epsilon", epsilon)
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as run_file:
+            runs[name] = {name: run_file[name][:] for name in ("final/policy_parameters", "rounds/kl_matrix",
+                                                                "iterations/share_set_size", "rounds/collective_calls",
+                                                                "iterations/effective_sample_size")}
+    every, threshold = runs["every member"], runs["threshold"]
+    np.testing.assert_array_equal(every["iterations/share_set_size"], 4)
+    for name in ("final/policy_parameters", "rounds/kl_matrix", "iterations/effective_sample_size"):
+        np.testing.assert_array_equal(every[name], threshold[name], err_msg=name)
+    iterations_per_round = len(every["iterations/share_set_size"]) // 2
+    # the KL matrix's Allgatherv of states, of mean actions and of its rows, in every iteration after the first
+    saved = threshold["rounds/collective_calls"][:, :, 0] - every["rounds/collective_calls"][:, :, 0]
+    np.testing.assert_array_equal(saved, 3 * (iterations_per_round - 1))
+
+
 @pytest.mark.parametrize("algo", ["joint", "single"])
 def test_baselines_match_one_process(mpirun, tmp_path, algo):
     """Joint's data parallelism and Single's independent members give, on 2 and 4 ranks, the run of one
