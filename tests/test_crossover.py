@@ -96,11 +96,13 @@ def test_selector_separates_parents_acting_in_different_regions():
 
 
 def test_return_weights_decide_where_parents_overlap():
-    """In a shared region the parent whose trajectories there earned more is chosen."""
-    config = RunConfig(selector_epochs=30)
-    states = np.random.default_rng(5).normal(size=(400, 3)).astype(np.float32)
-    labels = np.concatenate([np.zeros(200), np.ones(200)])
-    weights = np.concatenate([np.full(200, 0.1), np.full(200, 1.9)])
+    """In a shared region the parent whose trajectories there earned more is chosen (the default
+    training on the default number of states: selector_states from each parent)."""
+    config = RunConfig()
+    n = config.selector_states
+    states = np.random.default_rng(5).normal(size=(2 * n, 3)).astype(np.float32)
+    labels = np.concatenate([np.zeros(n), np.ones(n)])
+    weights = np.concatenate([np.full(n, 0.1), np.full(n, 1.9)])
     torch.manual_seed(0)
     selector = Selector(3)
     crossover.train_selector(selector, states, labels, weights, config, torch.Generator().manual_seed(0))
@@ -132,7 +134,7 @@ def test_selector_patience_stops_early_and_keeps_the_best_epoch(monkeypatch):
 
     # without patience every epoch runs and nothing is held out
     epochs_run.clear()
-    crossover.train_selector(Selector(3), states, labels, weights, RunConfig(selector_epochs=12),
+    crossover.train_selector(Selector(3), states, labels, weights, RunConfig(selector_epochs=12, selector_patience=0),
                              torch.Generator().manual_seed(0))
     assert len(epochs_run) == 12
 
