@@ -25,7 +25,7 @@ from torch import nn
 from . import seeds
 from .config import RunConfig
 from .learner import gaussian_kl, minibatch_indices
-from .networks import GaussianPolicy, Selector, numpy_forward
+from .networks import GaussianPolicy, Selector, numpy_forward_stacked
 from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
@@ -122,28 +122,32 @@ class Expert:
     `choice` "argmax" takes the more likely parent (ties: the first), so a
     state where pi_S is unsure is labelled by one parent's action rather than,
     over many visits, by the average of both; "sample" draws it from pi_S.
-    Selector and parents run as numpy copies of their weights (the networks
-    do not change during a crossover), as the sampler's policies do.
+    Selector and parents run as one numpy forward on copies of their weights
+    (the networks do not change during a crossover), as the sampler's
+    policies do.
     """
 
     def __init__(self, selector: Selector, parents: tuple[GaussianPolicy, GaussianPolicy], choice: str = "sample"):
         self.choice = choice
-        self.selector_logits = numpy_forward(selector.logit_net)
-        self.parent_means = [parent.numpy_mean() for parent in parents]
+        # obs -> [selector logits, first parent's mean, second parent's mean]
+        self.forward = numpy_forward_stacked([selector.logit_net, parents[0].mean_net, parents[1].mean_net])
         self.parent_log_stds = [parent.log_std.detach().numpy().copy() for parent in parents]
 
-    def choose_parents(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """0 for the first parent, 1 for the second, for every row."""
-        logits = self.selector_logits(obs)
+    def _choose(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.choice == "argmax":
             return (logits[:, 1] > logits[:, 0]).astype(np.int64)
         second = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax's second column
-        return (rng.random(len(obs)) < second).astype(np.int64)
+        return (rng.random(len(logits)) < second).astype(np.int64)
+
+    def choose_parents(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """0 for the first parent, 1 for the second, for every row."""
+        return self._choose(self.forward(obs)[0], rng)
 
     def labels(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The chosen parent's mean and log-std at every row: the imitation targets."""
-        second = self.choose_parents(obs, rng)[:, None] == 1
-        means = np.where(second, self.parent_means[1](obs), self.parent_means[0](obs))
+        logits, first_means, second_means = self.forward(obs)
+        second = self._choose(logits, rng)[:, None] == 1
+        means = np.where(second, second_means, first_means)
         log_stds = np.where(second, self.parent_log_stds[1], self.parent_log_stds[0])
         return means.astype(np.float32), log_stds.astype(np.float32)
 

@@ -80,6 +80,40 @@ def numpy_forward(net: nn.Sequential):
     return forward
 
 
+def numpy_forward_stacked(nets: Sequence[nn.Sequential]):
+    """A function obs -> [output of each `mlp`], computed as one forward of a single wider network: the
+    first layers side by side and every later layer block-diagonal, so that one matrix product per layer
+    serves all of them (crossover's expert asks the selector and both parents at every step). Networks
+    of different depths are computed one after the other."""
+    layers = [[(layer.weight.detach().numpy().T, layer.bias.detach().numpy()) for layer in net
+               if isinstance(layer, nn.Linear)] for net in nets]
+    if len({len(net_layers) for net_layers in layers}) > 1:
+        forwards = [numpy_forward(net) for net in nets]
+        return lambda obs: [forward(obs) for forward in forwards]
+    stacked = []
+    for depth, same_depth in enumerate(zip(*layers)):
+        weights, biases = zip(*same_depth)
+        if depth == 0:  # every network reads the same observation
+            weight = np.concatenate(weights, axis=1)
+        else:  # each network reads its own hidden units only
+            weight = np.zeros((sum(w.shape[0] for w in weights), sum(w.shape[1] for w in weights)), np.float32)
+            rows = np.cumsum([0] + [w.shape[0] for w in weights])
+            columns = np.cumsum([0] + [w.shape[1] for w in weights])
+            for index, w in enumerate(weights):
+                weight[rows[index]:rows[index + 1], columns[index]:columns[index + 1]] = w
+        stacked.append((np.ascontiguousarray(weight), np.concatenate(biases)))
+    output_ends = np.cumsum([w.shape[1] for w, _ in (net_layers[-1] for net_layers in layers)])[:-1]
+
+    def forward(obs: np.ndarray) -> list[np.ndarray]:
+        hidden = obs
+        for weight, bias in stacked[:-1]:
+            hidden = np.tanh(hidden @ weight + bias)
+        weight, bias = stacked[-1]
+        return np.split(hidden @ weight + bias, output_ends, axis=1)
+
+    return forward
+
+
 class Selector(nn.Module):
     """pi_S(parent | s) of crossover: logits over the two parents (softmax gives the probabilities)."""
 

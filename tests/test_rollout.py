@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpo_mpi.networks import GaussianPolicy, flat_parameters, load_flat_parameters
+from gpo_mpi.networks import GaussianPolicy, Selector, flat_parameters, load_flat_parameters, numpy_forward_stacked
 from gpo_mpi.rollout import Batch, EnvSpec, NonFiniteError, ObsNormalizer, Sampler, UnusableEnvironment
 
 
@@ -110,6 +110,24 @@ def test_numpy_mean_matches_torch():
     with torch.no_grad():
         expected = policy(torch.from_numpy(obs))[0].numpy()
     np.testing.assert_allclose(policy.numpy_mean()(obs), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("selector_hidden", [(32, 32), (16,)])  # the same depth as the parents' or not
+def test_stacked_numpy_forward_matches_each_network_in_torch(selector_hidden):
+    torch.manual_seed(4)
+    nets = [Selector(11, selector_hidden).logit_net, GaussianPolicy(11, 3).mean_net,
+            GaussianPolicy(11, 3, hidden=(64, 64)).mean_net]
+    with torch.no_grad():  # biases as training leaves them, not zero: each must reach its own outputs only
+        for net in nets:
+            for layer in net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.bias.normal_()
+    obs = np.random.default_rng(2).normal(size=(6, 11)).astype(np.float32)
+    outputs = numpy_forward_stacked(nets)(obs)
+    assert [output.shape for output in outputs] == [(6, 2), (6, 3), (6, 3)]
+    for net, output in zip(nets, outputs):
+        with torch.no_grad():
+            np.testing.assert_allclose(output, net(torch.from_numpy(obs)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_unusable_environments_are_refused():
