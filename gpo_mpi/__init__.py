@@ -2,18 +2,22 @@
 
 Where each part of the paper lives:
 
+- ``config``     ``RunConfig``: every setting with its default, presets, TOML and flags
 - ``engine``     Algorithm 1: the rounds of MUTATE, SELECT, CROSSOVER over the ranks
 - ``record``     rank 0's record of a run (run-file rows, progress lines, TensorBoard), without MPI
 - ``learner``    a member's networks, optimizers and state, shared by the three operators
 - ``mutate``     PPO (adaptive KL penalty) and A2C, data sharing, the KL matrix
 - ``select``     performance and diversity fitness, choosing couples and the fitter parent of each
 - ``crossover``  state-space crossover by imitation (selector, DAgger), parameter-space crossover
+- ``networks``   policy, critic and selector networks, their numpy forwards, flat parameters
 - ``rollout``    environments, sampling, shared observation normalization
+- ``evaluate``   evaluation episodes outside training
 - ``terrain``    the hilly terrain tasks (HopperHilly-v5, ...), registered on import
 - ``kernels``    GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``, numpy references)
 - ``mpi``        every MPI call: broadcasts, gathers, reductions, abort on error
 - ``seeds``      every seed derived from the run's seed, by slot, iteration and round
-- ``runfile``, ``checkpoint``, ``snapshot``  the HDF5 run file, resuming from it, environment snapshots
+- ``runfile``, ``checkpoint``, ``snapshot``, ``paths``  the HDF5 run file, resuming from it, environment
+  snapshots, output paths checked before anything is written
 - ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
 """
 __version__ = "0.1.0"
