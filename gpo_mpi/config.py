@@ -114,6 +114,8 @@ class RunConfig:
     """Iterations between measurements of the KL matrix that decide S_i (0: once, at the round's start, as the paper)."""
     share_rounds: int = 0
     """Data sharing only in the first share_rounds rounds, none after (0: in every round, as the paper)."""
+    share_rows: int = 0
+    """Foreign rows per policy epoch under data sharing: each epoch learns from the member's own batch and a fresh uniform draw of this many rows of the other batches in S_i, so that an update costs about as much at any |S_i| (0: all of them every epoch, the paper's)."""
     share_ratio_cap: float = 1.0
     """Truncation of the fixed factor pi_i_old / pi_j_old of a foreign sample's importance weight, as V-trace's (inf: none, the paper's)."""
     exchange: Literal["auto", "allgather", "graph"] = "auto"
@@ -146,8 +148,8 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
-                     "eval_episodes", "eval_every", "selector_states", "selector_patience", "kl_states_total",
-                     "elites"]:
+                     "share_rows", "eval_episodes", "eval_every", "selector_states", "selector_patience",
+                     "kl_states_total", "elites"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:

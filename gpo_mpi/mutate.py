@@ -240,14 +240,18 @@ def update(member: Member, data: PooledData, config: RunConfig, parallel: DataPa
         inside = (global_rows >= first_row) & (global_rows < first_row + n_local)
         return global_rows[inside] - first_row
 
-    # A full-batch epoch (the defaults' minibatch 0) takes every row in order: the tensors themselves
-    # rather than copies gathered row by row, and what depends only on the rows worked out once.
+    # rows None: every row in order (a full-batch epoch, the defaults' minibatch 0), computed on the
+    # tensors themselves rather than on copies gathered row by row, with what depends only on the rows
+    # worked out once.
     full_batch = config.minibatch == 0 or config.minibatch >= total_rows  # see minibatch_indices
     own_rows = torch.nonzero(data.own).squeeze(1)
     own_old_mean = old_mean[own_rows]
+    # share_rows: each epoch the learner's own rows and a fresh draw of that many foreign ones
+    foreign_rows = torch.nonzero(~data.own).squeeze(1)
+    draws_foreign_rows = 0 < config.share_rows < len(foreign_rows)
 
-    def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return tensor if full_batch else tensor[rows]
+    def take(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        return tensor if rows is None else tensor[rows]
 
     def policy_loss(rows, n_rows: int) -> torch.Tensor:
         mean, log_std = policy(take(data.obs, rows))
@@ -259,7 +263,7 @@ def update(member: Member, data: PooledData, config: RunConfig, parallel: DataPa
             return a2c_loss(ratios, take(data.advantages, rows), n_rows)
         old_mean_rows, n_own_rows = take(old_mean, rows), n_rows
         if not only_own_data:  # the KL penalty looks at the learner's own states only
-            if full_batch:
+            if rows is None:
                 old_mean_rows, mean, n_own_rows = own_old_mean, mean[own_rows], len(own_rows)
             else:
                 own = data.own[rows]
@@ -267,39 +271,43 @@ def update(member: Member, data: PooledData, config: RunConfig, parallel: DataPa
         kl = gaussian_kl(old_mean_rows, old_log_std, mean, log_std)
         return ppo_loss(ratios, take(data.advantages, rows), kl, member.beta, n_rows, n_own_rows)
 
-    # the critic's rows of a full-batch epoch: its member's own, or all of them
-    critic_obs, critic_returns = (data.obs[own_rows], data.returns[own_rows]) if critic_own_only else (
-        data.obs, data.returns)
+    own_obs, own_returns = data.obs[own_rows], data.returns[own_rows]
 
-    def critic_loss(rows, n_rows: int) -> torch.Tensor:
-        if full_batch:
-            obs, returns = critic_obs, critic_returns
-            if critic_own_only:
-                n_rows = len(own_rows)
+    def critic_loss(rows, n_rows: int, whole_epoch: bool) -> torch.Tensor:
+        if critic_own_only and whole_epoch:  # every epoch holds all the learner's own rows
+            obs, returns, n_rows = own_obs, own_returns, len(own_rows)
+        elif critic_own_only:
+            rows = rows[data.own[rows]]
+            obs, returns, n_rows = data.obs[rows], data.returns[rows], len(rows)
         else:
-            if critic_own_only:
-                rows = rows[data.own[rows]]
-                n_rows = len(rows)
-            obs, returns = data.obs[rows], data.returns[rows]
+            obs, returns = take(data.obs, rows), take(data.returns, rows)
         return ((critic(obs) - returns) ** 2).sum() / max(n_rows, 1)
 
     last_policy_loss = last_critic_loss = torch.zeros(())
     policy_epochs = config.policy_epochs
     if config.mutation == "a2c":
-        last_policy_loss = policy_loss(local_rows(torch.arange(total_rows)), total_rows)
+        last_policy_loss = policy_loss(None if parallel is None else local_rows(torch.arange(total_rows)),
+                                       total_rows)
         _step([member.policy_optimizer], [networks[0][1]], last_policy_loss, config.max_grad_norm, sum_gradients)
         policy_epochs = 0
     for epoch in range(max(policy_epochs, config.critic_epochs)):
         trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
         chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
-        for global_rows in minibatch_indices(total_rows, config.minibatch, member.generator):
-            rows = local_rows(global_rows)
+        if draws_foreign_rows:
+            drawn = foreign_rows[torch.randperm(len(foreign_rows), generator=member.generator)[:config.share_rows]]
+            epoch_rows = torch.sort(torch.cat([own_rows, drawn])).values
+        for global_rows in minibatch_indices(len(epoch_rows) if draws_foreign_rows else total_rows,
+                                             config.minibatch, member.generator):
+            if draws_foreign_rows:
+                rows, n_rows = epoch_rows[global_rows], len(global_rows)
+            else:
+                rows, n_rows = (None if full_batch else local_rows(global_rows)), len(global_rows)
             loss = torch.zeros(())
             if trains_policy:
-                last_policy_loss = policy_loss(rows, len(global_rows))
+                last_policy_loss = policy_loss(rows, n_rows)
                 loss = loss + last_policy_loss
             if trains_critic:
-                last_critic_loss = critic_loss(rows, len(global_rows))
+                last_critic_loss = critic_loss(rows, n_rows, full_batch)
                 loss = loss + last_critic_loss
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "

@@ -172,10 +172,12 @@ def test_foreign_samples_get_the_truncated_ratio_of_the_learner_to_their_behavio
 
 
 @pytest.mark.parametrize("critic_data", ["own", "shared"])
-def test_the_critic_fits_its_own_batch_or_the_pooled_data(critic_data):
+@pytest.mark.parametrize("minibatch, share_rows", [(0, 0), (32, 0), (0, 16), (32, 16)])
+def test_the_critic_fits_its_own_batch_or_the_pooled_data(critic_data, minibatch, share_rows):
     """With critic_data "own", other members' rows cannot move the critic: changing their
     returns leaves the fitted critic as it was."""
-    config = dataclasses.replace(CONFIG, critic_data=critic_data, policy_epochs=1, critic_epochs=3)
+    config = dataclasses.replace(CONFIG, critic_data=critic_data, policy_epochs=1, critic_epochs=3,
+                                 minibatch=minibatch, share_rows=share_rows)
     batches = [sampled_batch(GaussianPolicy(3, 1), seed=s) for s in (0, 1)]
     fitted = []
     for shift in (0.0, 100.0):
@@ -188,6 +190,36 @@ def test_the_critic_fits_its_own_batch_or_the_pooled_data(critic_data):
         torch.testing.assert_close(fitted[0], fitted[1], rtol=0, atol=0)
     else:
         assert not torch.allclose(fitted[0], fitted[1])
+
+
+@pytest.mark.parametrize("minibatch", [0, 40])
+def test_share_rows_learns_from_the_own_rows_and_a_fresh_draw_of_foreign_ones_each_epoch(minibatch):
+    config = dataclasses.replace(CONFIG, share_rows=24, policy_epochs=3, critic_epochs=3, minibatch=minibatch)
+    batches = [sampled_batch(GaussianPolicy(3, 1), seed=s) for s in (0, 1, 2)]  # 64 own rows, 128 foreign
+    member = Member.create(0, 3, 1, config, seed=7)
+    pooled = pool_batches(member, batches, own_index=0, config=config)
+    row_of = {row.tobytes(): index for index, row in enumerate(pooled.obs.numpy())}
+    seen = []  # the rows of every forward pass of the policy, as indices into the pooled data
+    member.policy.mean_net.register_forward_hook(
+        lambda module, inputs, output: seen.append(sorted(row_of[row.tobytes()] for row in inputs[0].numpy())))
+    update(member, pooled, config)
+    assert seen[0] == list(range(192)) and seen[-1] == list(range(64))  # the old means; the KL on own rows
+    passes_per_epoch = 1 if minibatch == 0 else 3  # 88 rows in minibatches of 40
+    epochs = [sorted(sum(seen[1 + e * passes_per_epoch:1 + (e + 1) * passes_per_epoch], [])) for e in range(3)]
+    assert len(seen) == 2 + 3 * passes_per_epoch
+    foreign_draws = []
+    for rows in epochs:
+        assert len(rows) == 88 == len(set(rows)) and rows[:64] == list(range(64))
+        foreign_draws.append(tuple(rows[64:]))
+    assert len(set(foreign_draws)) == 3  # drawn afresh each epoch
+
+    # a draw as large as the foreign rows is all of them: the update without share_rows, bit for bit
+    parameters = []
+    for share_rows in (0, 128):
+        member = Member.create(0, 3, 1, config, seed=7)
+        update(member, pool_batches(member, batches, 0, config), dataclasses.replace(config, share_rows=share_rows))
+        parameters.append(torch.cat([p.detach().flatten() for p in member.policy.parameters()]))
+    torch.testing.assert_close(parameters[0], parameters[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mutation", ["ppo", "a2c"])
