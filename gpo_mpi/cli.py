@@ -23,8 +23,13 @@ def one_thread_per_rank() -> None:
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    # numpy's BLAS read the variables above when it loaded, which was before
+    # this call in a script that imported numpy first: limit it where it runs.
+    # Its thread count also changes results in the last bits.
+    threadpool_limits(1)
 
 
 def describe_build() -> str:

@@ -1,4 +1,5 @@
 """The gpo-mpi command: --version and --help, in one process and under mpiexec."""
+import os
 import shutil
 import subprocess
 import sys
@@ -39,3 +40,19 @@ def test_version_under_mpiexec_sees_every_rank(mpirun):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("2 rank(s)") == 2
     assert result.stdout.count("1 thread(s) per rank") == 2
+
+
+def test_one_blas_thread_per_rank_even_when_numpy_was_loaded_first():
+    # A script that imports numpy before calling train() loads OpenBLAS with its default
+    # thread count (every core); oversubscribed ranks then also round differently.
+    script = ("import numpy, threadpoolctl\n"
+              "from gpo_mpi.cli import one_thread_per_rank\n"
+              "one_thread_per_rank()\n"
+              "print(sorted({pool['num_threads'] for pool in threadpoolctl.threadpool_info()}))\n")
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    environment["OPENBLAS_NUM_THREADS"] = "2"  # as many as this machine has, so the test can fail on it
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env=environment)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[1]"
