@@ -327,8 +327,9 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
         again = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), 3, seed,
                                 deterministic=True)
         np.testing.assert_array_equal(again, returns[-1, member])
-        printed = tool("eval", stopped, "--member", member, "--episodes", 3, "--seed", seed, "--deterministic")
-        assert f"return {returns[-1, member].mean():.1f} " in printed.stdout, printed.stdout
+    # and the command says the same (for one member: it is the same function)
+    printed = tool("eval", stopped, "--member", member, "--episodes", 3, "--seed", seed, "--deterministic")
+    assert f"return {returns[-1, member].mean():.1f} " in printed.stdout, printed.stdout
     resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(stopped), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_file_contents(stopped), run_file_contents(tmp_path / "whole.h5"))
