@@ -51,7 +51,7 @@ def test_one_blas_thread_per_rank_even_when_numpy_was_loaded_first():
               "print(sorted({pool['num_threads'] for pool in threadpoolctl.threadpool_info()}))\n")
     environment = {name: value for name, value in os.environ.items()
                    if name not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    environment["OPENBLAS_NUM_THREADS"] = "2"  # as many as this machine has, so the test can fail on it
+    environment["OPENBLAS_NUM_THREADS"] = "2"  # more than one: without the limit the test fails
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             env=environment)
     assert result.returncode == 0, result.stderr
