@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from .config import ConfigError, RunConfig, to_dict
-from .runfile import FORMAT
+from .runfile import open_run
 
 GROUP = "checkpoint"
 
@@ -51,13 +51,7 @@ def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]
     """
     if not os.path.exists(path):
         raise ConfigError(f"cannot resume: run file {path} does not exist")
-    try:
-        run_file = h5py.File(path, "r")
-    except OSError as error:
-        raise ConfigError(f"cannot resume: {path} is not a readable HDF5 file ({error})") from None
-    with run_file:
-        if run_file.attrs.get("format") != FORMAT:
-            raise ConfigError(f"cannot resume: {path} is not a gpo-mpi run file")
+    with open_run(path, "cannot resume: ") as run_file:
         stored = json.loads(run_file.attrs["config"])
         wanted = json.loads(json.dumps(to_dict(config)))
         differing = sorted(name for name in set(stored) | set(wanted)

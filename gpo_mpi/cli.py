@@ -139,10 +139,25 @@ class _EarlySignals:
         self.received = True
 
 
+def tool_main(tool: str, arguments: list[str]) -> int:
+    """`gpo-mpi TOOL ...`: one process, no MPI; torch only for the tools that run policies, so that
+    `gpo-mpi info` answers at once."""
+    if tool != "info":
+        one_thread_per_rank()  # as in training: evaluations give the numbers the run recorded
+    if "--video" in arguments:  # before MuJoCo loads: its default (GLFW) needs a display
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        print(run_tool(tool, arguments), flush=True)
+    except config.ConfigError as error:
+        print(f"gpo-mpi {tool}: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `gpo-mpi info run.h5 | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    return 0
+
+
 def run_tool(tool: str, arguments: list[str]) -> str:
     """Run one tool (`gpo-mpi TOOL ...`); returns what it prints. Raises ConfigError for bad input."""
-    from . import tools
-
     parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}")
     if tool == "plot":
         from . import plot
@@ -172,7 +187,11 @@ def run_tool(tool: str, arguments: list[str]) -> str:
         parser.add_argument("-o", "--output", required=True, metavar="policy.pt")
     parsed = parser.parse_args(arguments)
     if tool == "info":
-        return tools.info(parsed.run)
+        from .runfile import info
+
+        return info(parsed.run)
+    from . import tools
+
     if tool == "export":
         return tools.export(parsed.run, parsed.output, parsed.member)
     if parsed.episodes <= 0:
@@ -181,24 +200,15 @@ def run_tool(tool: str, arguments: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] and arguments[0] in TOOLS:
+        return tool_main(arguments[0], arguments[1:])
     early_signals = _EarlySignals()
     one_thread_per_rank()
     from . import mpi
 
     comm = mpi.world()
     mpi.abort_on_uncaught_exception(comm)
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] and arguments[0] in TOOLS:
-        if "--video" in arguments:  # before MuJoCo loads: its default (GLFW) needs a display
-            os.environ.setdefault("MUJOCO_GL", "egl")
-        try:
-            print(run_tool(arguments[0], arguments[1:]), flush=True)
-        except config.ConfigError as error:
-            print(f"gpo-mpi {arguments[0]}: error: {error}", file=sys.stderr, flush=True)
-            return EXIT_BAD_INPUT
-        except BrokenPipeError:  # `gpo-mpi info run.h5 | head -1`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        return 0
     if arguments[:1] == ["run"]:
         arguments = arguments[1:]
     parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)

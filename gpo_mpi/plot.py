@@ -23,7 +23,8 @@ import numpy as np
 from . import select
 from .config import ConfigError
 from .paths import ensure_output_directory
-from .tools import breed_couple, load_run, open_run, run_config
+from .runfile import open_run, stored_config
+from .tools import breed_couple, load_run
 
 FIGURES = ("curves", "kl", "family", "states")
 
@@ -72,7 +73,7 @@ def _group_label(config) -> str:
 def _sharing_record(path: str) -> tuple | None:
     """(steps, mean |S_i|, mean effective sample size in batches) of a GPO run with data sharing, else None."""
     with open_run(path) as run_file:
-        config = run_config(run_file)
+        config = stored_config(run_file)
         if not config.has("M") or "iterations/share_set_size" not in run_file:
             return None
         return (run_file["iterations/env_steps"][()], run_file["iterations/share_set_size"][()].mean(axis=1),
@@ -82,7 +83,7 @@ def _sharing_record(path: str) -> tuple | None:
 def _curves(path: str) -> tuple:
     """(config, steps, member returns, rounds) of a run, refusing one without a finished iteration."""
     with open_run(path) as run_file:
-        config = run_config(run_file)
+        config = stored_config(run_file)
         steps, returns = run_file["iterations/env_steps"][()], run_file["iterations/member_return"][()]
         rounds = run_file["iterations/round"][()]
     if not len(steps):
@@ -196,7 +197,7 @@ def kl_heatmaps(path: str):
 
     from .mutate import share_sets
     with open_run(path) as run_file:
-        config = run_config(run_file)
+        config = stored_config(run_file)
         kl = run_file["rounds/kl_matrix"][()]
     if not len(kl):
         raise ConfigError(f"{path} has no KL matrix: only gpo runs measure one")
@@ -325,7 +326,7 @@ def plot(paths: list[str], out_dir: str, figures: list[str], state_steps: int, s
         with open_run(path) as run_file:
             if "final" not in run_file:
                 done = len(run_file["iterations/env_steps"])
-                lines.append(f"{path}: not finished; drawn from its {done} of {run_config(run_file).iterations} "
+                lines.append(f"{path}: not finished; drawn from its {done} of {stored_config(run_file).iterations} "
                              "iterations so far and its latest checkpoint")
     plt = _pyplot()
     ensure_output_directory(out_dir, "plot -o")

@@ -68,7 +68,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .config import RunConfig, to_dict
+from .config import ConfigError, RunConfig, to_dict
 
 FORMAT = "gpo-mpi run file"
 FORMAT_VERSION = 1
@@ -88,6 +88,58 @@ def source_commit() -> str:
     if commit.returncode != 0:
         return "unknown"
     return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
+
+
+def open_run(path: str, error_prefix: str = "") -> h5py.File:
+    """A gpo-mpi run file, open for reading; ConfigError (one line, after `error_prefix`) for a
+    file that is not readable HDF5 or not a run file. Every reader of run files opens them here."""
+    try:
+        run_file = h5py.File(path, "r")
+    except OSError as error:
+        raise ConfigError(f"{error_prefix}{path} is not a readable HDF5 file ({error})") from None
+    if run_file.attrs.get("format") != FORMAT:
+        run_file.close()
+        raise ConfigError(f"{error_prefix}{path} is not a gpo-mpi run file")
+    return run_file
+
+
+def stored_config(run_file: h5py.File) -> RunConfig:
+    """The configuration a run was made with."""
+    fields = json.loads(run_file.attrs["config"])
+    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def info(path: str) -> str:
+    """Config, progress and best member of a run, as text (`gpo-mpi info`: needs neither torch nor MPI)."""
+    with open_run(path) as run_file:
+        config = stored_config(run_file)
+        steps = run_file["iterations/env_steps"][()]
+        returns = run_file["iterations/member_return"][()]
+        complete = "final" in run_file
+        best = int(run_file["final"].attrs["best_member"]) if complete else None
+        evaluation = run_file["final/eval_returns"][()] if complete and "final/eval_returns" in run_file else None
+        n_ranks = int(run_file.attrs["n_ranks"])
+        version = run_file.attrs.get("gpo_mpi_version", "?")
+        commit = run_file.attrs.get("source_commit", "unrecorded")
+    lines = [f"{path}: {config.algo} on {config.env}, population {config.population}, {n_ranks} rank(s), "
+             f"seed {config.seed}, made by gpo-mpi {version} (source commit {commit})",
+             f"progress: {steps[-1] if len(steps) else 0:,} of {config.total_steps:,} environment steps, "
+             f"{len(steps)} of {config.iterations} iterations, "
+             + ("complete" if complete else "not complete (resume with --resume)")]
+    if len(steps):
+        last = returns[-1]
+        finite = np.isfinite(last)
+        if finite.any():
+            leader = int(np.nanargmax(last))
+            lines.append(f"returns (last 10 training episodes): best member {leader} at {last[leader]:.1f}, "
+                         f"mean {np.nanmean(last):.1f}")
+    if evaluation is not None:
+        lines.append(f"best member at the end: {best}, by the final evaluation ({evaluation.shape[1]} episodes with "
+                     f"the mean action): {evaluation[best].mean():.1f}; members' mean {evaluation.mean():.1f}")
+    elif complete:
+        lines.append(f"best member at the end: {best} (by the last training episodes)")
+    lines.append("config: " + ", ".join(f"{k}={v}" for k, v in json.loads(json.dumps(config.__dict__)).items()))
+    return "\n".join(lines)
 
 
 class RunFileWriter:

@@ -1,10 +1,10 @@
-"""`gpo-mpi info | eval | export RUN.h5`: looking at a finished run without h5py code.
+"""`gpo-mpi eval | export RUN.h5` and the Python API's load_policy: a run's policies, read back.
 
-One process each, no MPI traffic. Every tool reads the run file only.
+One process each, no MPI. Every tool reads the run file only (`gpo-mpi info` is
+gpo_mpi.runfile.info, which needs no torch).
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
@@ -21,56 +21,7 @@ from .evaluate import episode_returns
 from .networks import Critic, GaussianPolicy, load_flat_parameters
 from .paths import check_output_directory, check_output_file, ensure_output_directory
 from .rollout import EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler
-from .runfile import FORMAT
-
-
-def open_run(path: str) -> h5py.File:
-    try:
-        run_file = h5py.File(path, "r")
-    except OSError as error:
-        raise ConfigError(f"{path} is not a readable HDF5 file ({error})") from None
-    if run_file.attrs.get("format") != FORMAT:
-        run_file.close()
-        raise ConfigError(f"{path} is not a gpo-mpi run file")
-    return run_file
-
-
-def run_config(run_file: h5py.File) -> RunConfig:
-    fields = json.loads(run_file.attrs["config"])
-    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-
-
-def info(path: str) -> str:
-    """Config, progress and best member of a run, as text."""
-    with open_run(path) as run_file:
-        config = run_config(run_file)
-        steps = run_file["iterations/env_steps"][()]
-        returns = run_file["iterations/member_return"][()]
-        complete = "final" in run_file
-        best = int(run_file["final"].attrs["best_member"]) if complete else None
-        evaluation = run_file["final/eval_returns"][()] if complete and "final/eval_returns" in run_file else None
-        n_ranks = int(run_file.attrs["n_ranks"])
-        version = run_file.attrs.get("gpo_mpi_version", "?")
-        commit = run_file.attrs.get("source_commit", "unrecorded")
-    lines = [f"{path}: {config.algo} on {config.env}, population {config.population}, {n_ranks} rank(s), "
-             f"seed {config.seed}, made by gpo-mpi {version} (source commit {commit})",
-             f"progress: {steps[-1] if len(steps) else 0:,} of {config.total_steps:,} environment steps, "
-             f"{len(steps)} of {config.iterations} iterations, "
-             + ("complete" if complete else "not complete (resume with --resume)")]
-    if len(steps):
-        last = returns[-1]
-        finite = np.isfinite(last)
-        if finite.any():
-            leader = int(np.nanargmax(last))
-            lines.append(f"returns (last 10 training episodes): best member {leader} at {last[leader]:.1f}, "
-                         f"mean {np.nanmean(last):.1f}")
-    if evaluation is not None:
-        lines.append(f"best member at the end: {best}, by the final evaluation ({evaluation.shape[1]} episodes with "
-                     f"the mean action): {evaluation[best].mean():.1f}; members' mean {evaluation.mean():.1f}")
-    elif complete:
-        lines.append(f"best member at the end: {best} (by the last training episodes)")
-    lines.append("config: " + ", ".join(f"{k}={v}" for k, v in json.loads(json.dumps(config.__dict__)).items()))
-    return "\n".join(lines)
+from .runfile import open_run, stored_config
 
 
 @dataclass
@@ -107,7 +58,7 @@ def _checkpoint_members(path: str, run_file: h5py.File, config: RunConfig) -> tu
 def load_run(path: str) -> FinishedRun:
     """A run file's policies: the final ones, or the latest checkpoint's while the run is not finished."""
     with open_run(path) as run_file:
-        config = run_config(run_file)
+        config = stored_config(run_file)
         obs_dim, act_dim = EnvSpec.of(config).space_sizes()
         returns = run_file["iterations/member_return"][()]
         final_returns = returns[-1] if len(returns) else np.full(config.n_policies, np.nan)

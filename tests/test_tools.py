@@ -44,6 +44,19 @@ def test_info_reports_config_progress_and_best(finished_run):
     assert "best member at the end: " in result.stdout and "batch_steps=64" in result.stdout
 
 
+def test_info_loads_neither_torch_nor_mpi(finished_run):
+    """A look at a run answers at once: `gpo-mpi info` reads the file with h5py alone."""
+    code = ("import sys\n"
+            "from gpo_mpi.cli import main\n"
+            "assert main(['info', sys.argv[1]]) == 0\n"
+            "print(sorted(m for m in ('torch', 'mpi4py.MPI') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(finished_run)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "progress: 256 of 256 environment steps" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_eval_rolls_out_whole_episodes(finished_run):
     result = tool("eval", finished_run, "--episodes", "3", "--member", "1")
     assert result.returncode == 0, result.stderr
@@ -416,10 +429,10 @@ def test_kl_heatmaps_are_log_scaled_and_show_the_share_sets(gpo_run, two_member_
     from matplotlib.colors import LogNorm
     from gpo_mpi import plot
     from gpo_mpi.mutate import share_sets
-    from gpo_mpi.tools import open_run, run_config
+    from gpo_mpi.runfile import open_run, stored_config
     for run in (gpo_run, two_member_runs["gpo"]):
         with open_run(str(run)) as run_file:
-            config, kl = run_config(run_file), run_file["rounds/kl_matrix"][()]
+            config, kl = stored_config(run_file), run_file["rounds/kl_matrix"][()]
         figure = plot.kl_heatmaps(str(run))
         panels = [ax for ax in figure.axes if ax.images]
         assert len(panels) == len(kl) and all(isinstance(ax.images[0].norm, LogNorm) for ax in panels)
