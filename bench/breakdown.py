@@ -58,8 +58,6 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/breakdown"))
     parser.add_argument("--out", type=Path, default=Path("docs/breakdown"))
     parser.add_argument("--report-only", action="store_true", help="run nothing; report the runs there")
-    parser.add_argument("--machine", default="a 2-core machine, GPO and Single of a task run back to back",
-                        help="where the runs were made, for the table's note")
     args = parser.parse_args()
 
     if not args.report_only:
@@ -85,8 +83,8 @@ def main() -> None:
     header = ["run", "commit", "GPO total (min)", "mutate", "select", "crossover", "communication",
               "Single total (min)", "GPO / Single"]
     notes = [f"Rank 0's wall time per phase, summed over rounds, in minutes (share of GPO's total). gpo-mpi: "
-             f"population 8, {args.total_steps:,} steps, {args.rounds} rounds, seed 0, on {args.ranks} ranks of "
-             f"{args.machine}; the baseline is bench/reproduce.py's runs "
+             f"population 8, {args.total_steps:,} steps, {args.rounds} rounds, seed 0, on {args.ranks} ranks of a "
+             f"2-core machine, GPO and Single of a task run back to back; the baseline is bench/reproduce.py's runs "
              f"of seed 0 at their commits. Targets: crossover at most {TARGETS['crossover_share']:.0%} of GPO's "
              f"wall time, GPO at most {TARGETS['gpo_over_single']} x Single. The paper: 8M steps, 12 rounds, "
              f"12 cores; its Joint took {PAPER_WALKER2D['joint']} minutes. Table written at commit {git_commit()}."]
