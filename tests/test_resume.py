@@ -1,6 +1,8 @@
 """Checkpoints and --resume: a stopped and resumed run ends exactly like an uninterrupted one."""
 import json
 import os
+import re
+import time
 from pathlib import Path
 
 import h5py
@@ -178,12 +180,12 @@ def test_resume_names_the_fields_that_differ(mpirun, tmp_path):
 @pytest.mark.parametrize("phase, failing_rank", [("mutate", 1), ("select", 0), ("crossover", 1),
                                                  ("checkpoint", 0), ("checkpoint", 1)])
 def test_an_exception_in_any_phase_ends_the_job(mpirun, tmp_path, phase, failing_rank):
-    import time
-    start = time.monotonic()
     result = mpirun(2, ["fail_in_phase.py", str(failing_rank), phase, *RESUMABLE, "--out", str(tmp_path / "r.h5")],
                     timeout=120)
-    elapsed = time.monotonic() - start
-    assert result.returncode != 0 and elapsed < 30, (result.returncode, elapsed)
+    # Timed from the raise, not from the start, which takes from 7 s to over 20 s on a busy machine
+    failed_at = float(re.search(r"failing at ([\d.]+)", result.stderr).group(1))
+    ended_after = time.time() - failed_at
+    assert result.returncode != 0 and ended_after < 15, (result.returncode, ended_after)
     assert f"[gpo-mpi rank {failing_rank}] uncaught exception" in result.stderr
     assert f"deliberate failure in {phase} on rank {failing_rank}" in result.stderr
 
@@ -225,7 +227,6 @@ def test_a_rank_killed_outright_ends_the_job_and_the_run_resumes(tmp_path):
     """Rank 1 (not the writer) killed: the job ends within seconds, and the run resumes to its end."""
     import signal
     import subprocess
-    import time
     from conftest import find_mpiexec
     out = tmp_path / "killed.h5"
     arguments = [a if a != "3328" else "9472" for a in RESUMABLE]  # 3 rounds of 11 iterations

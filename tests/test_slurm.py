@@ -240,16 +240,17 @@ def test_array_jobs_name_their_run_files_and_logs_after_the_task(slurm_env, tmp_
 
 @needs_slurm
 def test_the_time_limit_warning_requeues_the_job_and_scancel_ends_it_for_good(slurm_env, tmp_path):
-    """The real thing: --time=2 --signal=B:USR1@75; then a user's scancel, which must not requeue."""
+    """The real thing: --time=2 --signal=B:USR1@60; then a user's scancel, which must not requeue."""
     out = tmp_path / "run.h5"
     # 3 rounds of 3,000 iterations: over 8 minutes at the fastest speed seen (4,400 steps/s), never done in 2
     endless = [a if a != "11008" else "2305024" for a in LONGER]
-    job_id = sbatch(slurm_env, ["--ntasks=2", "--time=2", "--signal=B:USR1@75", f"--chdir={tmp_path}",
+    job_id = sbatch(slurm_env, ["--ntasks=2", "--time=2", "--signal=B:USR1@60", f"--chdir={tmp_path}",
                                 "jobs/gpo.sbatch", *endless, "--out", str(out)])
     log = tmp_path / f"gpo-{job_id}.out"
     started_at = time.monotonic()
     # slurmctld looks at the time limits every 30 s and sends the warning at the first look that
-    # finds less than 75 + 30 s left: 15 to 45 s after the start (gpo-mpi takes ~5 s to start)
+    # finds less than 60 + 30 s left: 30 to 60 s after the start (gpo-mpi takes 5 to 20 s to start,
+    # depending on how busy the machine is)
     wait_until(slurm_env, job_id, lambda r: r[0].get("Restarts") == "1", 120, "requeue after the warning", [log])
     requeued_after = time.monotonic() - started_at
 
@@ -258,7 +259,7 @@ def test_the_time_limit_warning_requeues_the_job_and_scancel_ends_it_for_good(sl
     wait_until(slurm_env, job_id, resumed, 60, "resumed run", [log])
     resumed_after = time.monotonic() - started_at
     rows_at_resume = run_file_rows(out)
-    assert rows_at_resume >= 2
+    assert rows_at_resume >= 1  # progress was saved before the requeue
     cancel(slurm_env, job_id)
     [record] = wait_done(slurm_env, job_id, timeout=60, logs=[log])
     time.sleep(3)  # a requeue would show by now (cred_expire=5 holds it PENDING, Restarts=2)

@@ -3,12 +3,14 @@
     mpiexec -n N python fail_in_phase.py RANK PHASE [gpo-mpi arguments...]
 
 PHASE is a method of gpo_mpi.engine.Population: mutate, select, crossover,
-checkpoint; "non-finite" to register an environment whose observations
-turn NaN after 150 steps (on every rank) and run on it; or "desync" to
-have RANK's observation statistics drift from the others' after its
-second update.
+checkpoint (the failing rank prints "failing at <time.time()>" before it
+raises); "non-finite" to register an environment whose observations turn
+NaN after 150 steps (on every rank) and run on it; or "desync" to have
+RANK's observation statistics drift from the others' after its second
+update.
 """
 import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -48,6 +50,7 @@ else:
 
     def failing(self, *args, **kwargs):
         if self.rank == failing_rank:
+            print(f"failing at {time.time():.3f}", file=sys.stderr, flush=True)
             raise RuntimeError(f"deliberate failure in {phase} on rank {failing_rank}")
         return original(self, *args, **kwargs)
 
