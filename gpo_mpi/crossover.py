@@ -24,7 +24,7 @@ from torch import nn
 
 from . import seeds
 from .config import RunConfig
-from .learner import gaussian_kl, minibatch_indices
+from .learner import Adam, gaussian_kl, minibatch_indices
 from .networks import GaussianPolicy, Selector, numpy_forward_stacked
 from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
@@ -76,7 +76,7 @@ def train_selector(selector: Selector, states: np.ndarray, parent_labels: np.nda
     is held out, training stops once their loss has not improved for that many epochs, and the
     selector keeps its best epoch's weights. Returns the loss of the kept selector on the
     held-out states, or without them the last epoch's mean training loss."""
-    optimizer = torch.optim.Adam(selector.parameters(), lr=config.selector_lr, fused=True)
+    optimizer = Adam(selector.parameters(), config.selector_lr)
     states_t = torch.from_numpy(np.ascontiguousarray(states, dtype=np.float32))
     labels_t = torch.from_numpy(parent_labels.astype(np.int64))
     weights_t = torch.from_numpy(weights.astype(np.float32))
@@ -209,7 +209,7 @@ def state_space_crossover(parent_x: GaussianPolicy, parent_y: GaussianPolicy,
 
     # 4. DAgger: each iteration the child samples, the expert labels, the child
     # learns on everything gathered so far.
-    optimizer = torch.optim.Adam(child.parameters(), lr=config.dagger_lr, fused=True)
+    optimizer = Adam(child.parameters(), config.dagger_lr)
     imitation_loss = float("nan")
     for _ in range(config.dagger_iterations):
         child_batch, _ = sampler.run(child_sampling_actions(child), normalizer, config.dagger_steps, act_dim)

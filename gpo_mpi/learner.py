@@ -5,6 +5,7 @@ differentiable diagonal-Gaussian KL and the minibatch order.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,30 @@ import torch
 
 from .config import ConfigError, RunConfig
 from .networks import Critic, GaussianPolicy
+
+
+class Adam(torch.optim.Adam):
+    """torch's Adam, fused, with the same arithmetic and state.
+
+    torch.optim wraps `step`, `zero_grad`, `add_param_group`, `state_dict` and
+    `load_state_dict` so that their first call imports torch's compiler
+    (torch._dynamo, about 1.2 s, more than a tiny run's whole training) only to
+    keep torch.compile out of them. gpo-mpi never compiles, so this class calls
+    the methods underneath those wrappers; `step` keeps the one thing its
+    wrapper does besides, running without autograd.
+    """
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+    _adam_step = inspect.unwrap(torch.optim.Adam.step)
+
+    def __init__(self, parameters, lr: float):
+        super().__init__(parameters, lr=lr, fused=True)
+
+    def step(self, closure=None):
+        with torch.no_grad():
+            return self._adam_step(closure)
 
 
 @dataclass
@@ -31,8 +56,8 @@ class Member:
         policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
         critic = Critic(obs_dim, config.critic_hidden)
         return cls(index=index, policy=policy, critic=critic,
-                   policy_optimizer=torch.optim.Adam(policy.parameters(), lr=config.policy_lr, fused=True),
-                   critic_optimizer=torch.optim.Adam(critic.parameters(), lr=config.critic_lr, fused=True),
+                   policy_optimizer=Adam(policy.parameters(), config.policy_lr),
+                   critic_optimizer=Adam(critic.parameters(), config.critic_lr),
                    beta=config.initial_beta, generator=torch.Generator().manual_seed(seed))
 
     def state(self) -> dict:
