@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from common import git_commit
+
 SB3_PROGRAM = """
 import sys
 import torch
@@ -130,6 +132,8 @@ def main() -> None:
         "",
         f"Target: at least 3x SB3 (aim 5x): {'met' if ratio >= 3 else 'MISSED'} with the defaults "
         f"({ratio:.2f}x); like for like, minibatch against minibatch: {ratio_minibatch:.2f}x.",
+        "",
+        f"Measured at commit {git_commit()} (`python bench/throughput.py --out docs/bench-throughput.md`).",
     ]
     text = "\n".join(lines)
     print(text)
