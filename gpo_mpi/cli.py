@@ -81,6 +81,8 @@ class _RankZeroParser(argparse.ArgumentParser):
 
 
 def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
+    """The `gpo-mpi [run]` parser: a flag per RunConfig field and the choice of what to do with an
+    existing run file; a `quiet` parser prints nothing (ranks other than 0)."""
     parser = _RankZeroParser(
         quiet=quiet,
         prog="gpo-mpi",
@@ -200,6 +202,8 @@ def run_tool(tool: str, arguments: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console command: a tool (`info`, `eval`, `export`, `plot`) or a training run on every
+    rank; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] and arguments[0] in TOOLS:
         return tool_main(arguments[0], arguments[1:])

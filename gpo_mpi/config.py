@@ -319,6 +319,7 @@ class RunConfig:
 
     @property
     def n_rounds(self) -> int:
+        """Rounds of the run: `rounds` for GPO, one for the baselines (which never breed)."""
         return self.rounds if self.algo == "gpo" else 1
 
     @property

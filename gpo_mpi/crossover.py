@@ -152,6 +152,7 @@ class Expert:
         return means.astype(np.float32), log_stds.astype(np.float32)
 
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Actions drawn from the Gaussian of the parent chosen at each state."""
         means, log_stds = self.labels(obs, rng)
         return means + np.exp(log_stds) * rng.standard_normal(means.shape)
 

@@ -549,6 +549,7 @@ class Population:
             self.recorder.evaluation(self.env_steps, evaluation, self.evaluation_steps, announce)
 
     def finish(self) -> None:
+        """The run's end: gather every member's networks, evaluate them, and have rank 0 write the final results."""
         policies = np.stack([flat_parameters(member.policy) for member in self.members])
         critics = np.stack([flat_parameters(member.critic) for member in self.members])
         if self.joint:  # data parallelism keeps the copies equal; make sure it did

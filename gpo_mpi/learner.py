@@ -35,6 +35,7 @@ class Adam(torch.optim.Adam):
         super().__init__(parameters, lr=lr, fused=True)
 
     def step(self, closure=None):
+        """One Adam step on the parameters' gradients, outside autograd."""
         with torch.no_grad():
             return self._adam_step(closure)
 
@@ -52,6 +53,7 @@ class Member:
 
     @classmethod
     def create(cls, index: int, obs_dim: int, act_dim: int, config: RunConfig, seed: int) -> "Member":
+        """A fresh member for slot `index`: its initial weights, optimizers and minibatch order from `seed` alone."""
         torch.manual_seed(seed)  # the initial weights depend on the member's seed alone
         policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden, config.init_log_std)
         critic = Critic(obs_dim, config.critic_hidden)

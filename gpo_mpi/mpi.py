@@ -62,6 +62,7 @@ class Traffic:
         self.counts = np.zeros((len(COLLECTIVE_KINDS), 3), dtype=np.int64)  # calls, sent, received
 
     def add(self, comm, kind: str, sent: int, received: int) -> None:
+        """Count one collective of `kind` and its bytes (none on a one-rank communicator, where nothing moves)."""
         alone = comm.Get_size() == 1
         self.counts[COLLECTIVE_KINDS.index(kind)] += (1, 0 if alone else sent, 0 if alone else received)
 

@@ -119,6 +119,7 @@ class PooledData:
 
     @property
     def effective_sample_size(self) -> float:
+        """Kish's effective sample size of the rows' importance weights."""
         return effective_sample_size(self.weights.numpy())
 
 

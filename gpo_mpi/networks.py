@@ -122,6 +122,7 @@ class Selector(nn.Module):
         self.logit_net = mlp(obs_dim, hidden, 2, out_gain=0.01)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits over the two parents, one row per state."""
         return self.logit_net(obs)
 
 
@@ -133,6 +134,7 @@ class Critic(nn.Module):
         self.value_net = mlp(obs_dim, hidden, 1, out_gain=1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(s) per row."""
         return self.value_net(obs).squeeze(-1)
 
 

@@ -234,6 +234,8 @@ def kl_heatmaps(path: str):
 
 
 def family_tree(path: str):
+    """The `family` figure: member slots by generation coloured by return, an edge from each
+    parent to its child (solid from the fitter one); returns the figure."""
     plt = _pyplot()
     with open_run(path) as run_file:
         pairs = run_file["breeding/parent_pairs"][()]

@@ -66,16 +66,19 @@ class ReturnLog:
         return np.array([np.mean(w) if w else np.nan for w in self.windows])
 
     def clear(self) -> None:
+        """Forget every member's recent returns."""
         for window in self.windows:
             window.clear()
 
 
 def format_duration(seconds: float) -> str:
+    """Seconds as '4m05s', or '1h07m' from an hour on."""
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def format_bytes(n_bytes: float) -> str:
+    """A byte count with a decimal unit (B, kB, MB, GB)."""
     for unit in ("B", "kB", "MB", "GB"):
         if n_bytes < 1000 or unit == "GB":
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
@@ -134,6 +137,7 @@ class Recorder:
             self.scalars.sharing(env_steps_after, median_kl, np.mean(set_sizes))
 
     def iteration_took(self, seconds: float) -> None:
+        """Add one iteration's wall time to the phase timer."""
         self.seconds["iteration"] += seconds
         self.counts["iteration"] += 1
 
@@ -243,10 +247,12 @@ class Recorder:
 
     def keep_best(self, parameters: np.ndarray, normalizer_state, member: int, env_steps: int,
                   mean_return: float) -> None:
+        """Remember the best policy evaluated so far, for the run file's final group."""
         self.best_evaluated = dict(parameters=parameters, normalizer=normalizer_state, member=member,
                                    env_steps=env_steps, mean_return=float(mean_return))
 
     def evaluation_summary(self, evaluation_steps: int) -> str:
+        """How an evaluation was made, for the progress line."""
         return (f"{self.config.eval_episodes} episodes, mean action; {evaluation_steps:,} evaluation steps, "
                 "not counted in the budget")
 

@@ -61,6 +61,7 @@ class EnvSpec:
 
     @classmethod
     def of(cls, config) -> "EnvSpec":
+        """The environment a run's config names."""
         return cls(config.env, dict(config.env_kwargs), config.horizon)
 
     def _entry(self):
@@ -118,6 +119,7 @@ class Batch(NamedTuple):
 
     @property
     def n_steps(self) -> int:
+        """Environment steps (rows) in the batch."""
         return len(self.rewards)
 
     def to_rows(self) -> np.ndarray:
@@ -178,9 +180,11 @@ class ObsNormalizer:
         self.count = new_count
 
     def state(self) -> np.ndarray:
+        """Count, mean and variance as one vector (for checkpoints and collectives)."""
         return np.concatenate([[self.count], self.mean, self.var])
 
     def load_state(self, state: np.ndarray) -> None:
+        """Inverse of `state`."""
         obs_dim = len(self.mean)
         self.count, self.mean, self.var = float(state[0]), state[1:1 + obs_dim].copy(), state[1 + obs_dim:].copy()
 
@@ -240,10 +244,12 @@ class EpisodeRecorder:
         return finished
 
     def state(self) -> dict:
+        """What a checkpoint keeps of the recorder: the finished episodes and the unfinished ones so far."""
         return dict(finished=self.finished, pending=self.pending, pending_length=self.pending_length.copy(),
                     pending_return=self.pending_return.copy())
 
     def load_state(self, state: dict) -> None:
+        """Inverse of `state`."""
         self.finished, self.pending = state["finished"], state["pending"]
         self.pending_length, self.pending_return = state["pending_length"].copy(), state["pending_return"].copy()
 
@@ -269,6 +275,7 @@ class Sampler:
             raise NonFiniteError(f"{self.member_name}: environment {self.env_name} returned non-finite {what}")
 
     def close(self) -> None:
+        """Close the environments."""
         self.envs.close()
 
     @property
@@ -287,6 +294,7 @@ class Sampler:
         return state
 
     def load_state(self, state: dict) -> None:
+        """Inverse of `state`: environments are restored only where the state holds them."""
         if self.recorder is not None:
             self.recorder.load_state(state["recorder"])
         if "environments" in state:

@@ -247,6 +247,8 @@ class RunFileWriter:
     def commit_final(self, policy_parameters: np.ndarray, critic_parameters: np.ndarray, best_member: int,
                      normalizer_state: np.ndarray, eval_returns: np.ndarray | None = None,
                      best_evaluated: dict | None = None) -> None:
+        """Write the `final` group (every member's networks, the best member, the evaluation) in
+        one atomic replacement of the file."""
         def write_final(run_file):
             final = run_file.create_group("final")
             if eval_returns is not None:

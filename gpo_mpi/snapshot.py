@@ -58,6 +58,8 @@ def _kind(env: gym.Env) -> str | None:
 
 
 def capturable(env: gym.Env) -> bool:
+    """Whether `capture` can hold this environment: every wrapper known or following the
+    protocol, and an inner environment of a kind it knows."""
     *wrappers, inner = _chain(env)
     known = all(type(w) in WRAPPER_FIELDS or all(hasattr(w, name) for name in PROTOCOL) for w in wrappers)
     return known and _kind(inner) is not None

@@ -284,6 +284,7 @@ class _GroundRelativeHealth:
     @property
     def is_healthy(self):
         # Shift the range rather than z, so the base class's own test runs unchanged.
+        """The stock health test with the torso's height range raised by the ground's height under it."""
         torso_x, torso_y = self.data.body("torso").xpos[:2]
         ground = self.terrain_height_at(torso_x, torso_y)
         stock_range = self._healthy_z_range

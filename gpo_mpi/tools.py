@@ -147,6 +147,7 @@ class ActingPolicy(nn.Module):
         return torch.clamp((obs.to(torch.float32) - self.obs_mean) / self.obs_scale, -self.clip, self.clip)
 
     def forward(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Mean actions for raw observations, or sampled ones when not `deterministic`, in the observations' dtype."""
         mean = self.mean_net(self._normalized(obs))
         if not deterministic:
             mean = mean + torch.exp(self.log_std) * torch.randn_like(mean)
@@ -154,6 +155,7 @@ class ActingPolicy(nn.Module):
 
     @torch.jit.export
     def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's values for raw observations, in their dtype."""
         return self.value_net(self._normalized(obs)).squeeze(-1).to(obs.dtype)
 
 
@@ -165,6 +167,7 @@ def acting_policy(path: str, member: int | None = None) -> ActingPolicy:
 
 
 def export(path: str, out: str, member: int | None) -> str:
+    """Save a member's policy as TorchScript at `out`; returns the message to print."""
     check_output_file(out, "export -o")
     run, chosen = read_member(path, member)
     scripted = torch.jit.script(ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval())
@@ -198,6 +201,7 @@ def check_offscreen_rendering(env: EnvSpec) -> None:
 
 def evaluate(path: str, episodes: int, member: int | None, seed: int, deterministic: bool,
              video_dir: str | None = None) -> str:
+    """Run a member for `episodes` episodes (optionally with a video of the first); returns the message to print."""
     run, chosen = read_member(path, member)
     config, policy, normalizer = run.config, run.policies[chosen], run.normalizer
     env = EnvSpec.of(config)

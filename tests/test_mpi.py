@@ -1,4 +1,5 @@
 """gpo_mpi.mpi under mpiexec with 2 and 4 ranks, against one-process results."""
+import re
 import sys
 import time
 
@@ -49,11 +50,11 @@ def test_collectives_match_one_process(mpirun, tmp_path, n_ranks):
 
 @pytest.mark.parametrize("n_ranks, failing_rank", [(2, 1), (4, 0), (4, 3)])
 def test_exception_on_one_rank_ends_the_job(mpirun, n_ranks, failing_rank):
-    start = time.monotonic()
     result = mpirun(n_ranks, ["raise_on_rank.py", str(failing_rank)], timeout=60)
-    elapsed = time.monotonic() - start
     assert result.returncode != 0
-    assert elapsed < 30, f"the job took {elapsed:.0f} s to end"
+    # Timed from the raise: start-up alone varies from 1 s to over 20 s with the machine's load
+    ended_after = time.time() - float(re.search(r"failing at ([\d.]+)", result.stderr).group(1))
+    assert ended_after < 15, f"the job took {ended_after:.0f} s to end after the exception"
     output = result.stdout + result.stderr
     assert f"[gpo-mpi rank {failing_rank}] uncaught exception" in output
     assert f"ValueError: deliberate failure on rank {failing_rank}" in output
