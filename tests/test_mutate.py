@@ -259,6 +259,46 @@ def test_a_non_finite_loss_stops_the_update_naming_member_and_environment():
         torch.testing.assert_close(old, new)
 
 
+ADAM_AGAINST_TORCH = """
+import sys
+import torch
+from gpo_mpi.learner import Adam
+
+torch.manual_seed(0)
+inputs = [torch.randn(8, 5) for _ in range(4)]
+ours_net, torchs_net = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+torchs_net.load_state_dict(ours_net.state_dict())
+
+
+def train(net, optimizer):
+    for step, batch in enumerate(inputs):
+        optimizer.zero_grad()
+        (net(batch) ** 2).sum().backward()
+        optimizer.step()
+        if step == 1:  # through a checkpoint's round trip
+            optimizer.load_state_dict(optimizer.state_dict())
+
+
+ours = Adam(ours_net.parameters(), 0.01)
+train(ours_net, ours)
+print("compiler imported:", "torch._dynamo" in sys.modules)
+torchs = torch.optim.Adam(torchs_net.parameters(), lr=0.01, fused=True)
+train(torchs_net, torchs)
+pairs = list(zip(ours_net.parameters(), torchs_net.parameters()))
+print("same parameters:", all(torch.equal(p, q) for p, q in pairs))
+print("same state:", all(torch.equal(ours.state[p][name], torchs.state[q][name])
+                         for p, q in pairs for name in ("step", "exp_avg", "exp_avg_sq")))
+"""
+
+
+def test_gpo_mpis_adam_steps_like_torchs_fused_adam_without_importing_the_compiler():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", ADAM_AGAINST_TORCH], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["compiler imported: False", "same parameters: True", "same state: True"]
+
+
 def test_adam_state_moves_as_a_flat_vector():
     """A copy of a member's Adam state makes the next step of an equal network equal to the original's."""
     config = dataclasses.replace(CONFIG, policy_epochs=3, critic_epochs=3)
