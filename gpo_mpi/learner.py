@@ -1,7 +1,8 @@
 """What every genetic operator shares about a learner, below them all: a member's
 networks, optimizers and penalty weight (with its own save and load, so a
-checkpoint need not know its fields), moving Adam's state between ranks, the
-differentiable diagonal-Gaussian KL and the minibatch order.
+checkpoint need not know its fields), the Adam every optimizer is, moving
+Adam's state between ranks, the differentiable diagonal-Gaussian KL and the
+minibatch order.
 """
 from __future__ import annotations
 
