@@ -1,6 +1,8 @@
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,12 @@ import torch
 torch.set_num_threads(1)
 
 PROGRAMS = Path(__file__).parent / "mpi_programs"
+
+
+def seconds_since_failure(stderr: str) -> float:
+    """Seconds since a test program's failing rank printed "failing at <time.time()>" (and raised):
+    how long the job took to end, without its start-up, whose length depends on the machine's load."""
+    return time.time() - float(re.search(r"failing at ([\d.]+)", stderr).group(1))
 
 
 def find_mpiexec() -> str:

@@ -252,8 +252,8 @@ def test_resume_if_exists_starts_a_missing_run_and_the_default_run_file_names_th
 def test_an_environment_failing_on_one_rank_ends_the_job_in_one_line(mpirun, tmp_path, n_ranks, failing_rank):
     """Whichever rank cannot make its environment, every rank stops at once with exit 2 and rank 0
     prints that rank's one line; nothing is written."""
-    # A rank left waiting would hold the job until the timeout; start-up alone on 4 ranks of a busy
-    # 2-core machine can take 40 s
+    # A rank left waiting would hold the job until the timeout; the bound leaves room for a slow
+    # start-up of 4 ranks on a busy 2-core machine
     start = time.monotonic()
     result = mpirun(n_ranks, [gpo_mpi_command(), *TINY, "--algo", "single", "--env", "user_envs:FailsOnRank",
                               "--env-kwargs", json.dumps({"rank": failing_rank}), "--total-steps", "4096",

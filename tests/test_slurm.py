@@ -249,8 +249,8 @@ def test_the_time_limit_warning_requeues_the_job_and_scancel_ends_it_for_good(sl
     log = tmp_path / f"gpo-{job_id}.out"
     started_at = time.monotonic()
     # slurmctld looks at the time limits every 30 s and sends the warning at the first look that
-    # finds less than 60 + 30 s left: 30 to 60 s after the start (gpo-mpi takes 5 to 20 s to start,
-    # depending on how busy the machine is)
+    # finds less than 60 + 30 s left: 30 to 60 s after the start, time enough for gpo-mpi to start
+    # and save some progress even on a busy machine
     wait_until(slurm_env, job_id, lambda r: r[0].get("Restarts") == "1", 120, "requeue after the warning", [log])
     requeued_after = time.monotonic() - started_at
 
