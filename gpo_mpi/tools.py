@@ -5,6 +5,7 @@ gpo_mpi.runfile.info, which needs no torch).
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
@@ -100,16 +101,16 @@ def read_member(path: str, member: int | None) -> tuple[FinishedRun, int]:
 def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
                  config: RunConfig | None = None) -> tuple[GaussianPolicy, GaussianPolicy]:
     """The state-space and the parameter-space child of two members, bred as in
-    the run's crossover (state-space: from a batch of each parent's whole
-    episodes, starting as a copy of the first), or with the crossover fields of
-    `config` where given."""
+    the run's crossover (state-space: from each parent's whole episodes, as many
+    as give the selector its `selector_states` states, starting as a copy of the
+    first), or with the crossover fields of `config` where given."""
     config = config or run.config
     env = EnvSpec.of(config)
     parent_data = []
     for offset, parent in enumerate((first, second)):
         recorder = EpisodeRecorder(config.n_envs, stride=1)
         sampler = Sampler(env, config.n_envs, seed + offset, f"member {parent}", recorder)
-        batch = sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0]
+        batch = sampler.sample(run.policies[parent], run.normalizer, selector_rollout_steps(config))[0]
         sampler.close()
         trajectories = recorder.take() or crossover.batch_trajectories(batch)
         parent_data.append(crossover.selector_data(trajectories, config.top_fraction, config.selector_states,
@@ -124,6 +125,15 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
                              f"crossover of {first} and {second}")
         children.append(child)
     return tuple(children)
+
+
+def selector_rollout_steps(config: RunConfig) -> int:
+    """Steps of a parent's rollout for the selector: enough that the best `top_fraction` of its
+    episodes hold about `selector_states` states, as a run's whole round of episodes does (one
+    batch would give the selector a third of a run's states); at least one batch, a multiple of
+    n_envs."""
+    wanted = math.ceil(config.selector_states / config.top_fraction) if config.selector_states else 0
+    return max(config.batch_steps, -(-wanted // config.n_envs) * config.n_envs)
 
 
 class ActingPolicy(nn.Module):
