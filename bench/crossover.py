@@ -55,6 +55,8 @@ SETTINGS = {
     "selector: learning rate 5e-4, up to 100 epochs": dict(selector_lr=5e-4, selector_epochs=100),
     "selector: learning rate 2e-3, up to 30 epochs": dict(selector_lr=2e-3, selector_epochs=30),
     "selector: learning rate 2e-3, up to 20 epochs": dict(selector_lr=2e-3, selector_epochs=20),
+    "selector: learning rate 2e-3, up to 30 epochs; 3 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30,
+                                                                          dagger_epochs=3),
 }
 
 
