@@ -36,27 +36,34 @@ from gpo_mpi.rollout import EnvSpec
 
 torch.set_num_threads(1)
 
-# State-space crossover's training settings, as config fields over the run's own.
+# State-space crossover's training settings, as config fields over the run's own; each names every
+# field it was measured with that the defaults have changed since (the selector's 5e-4 and 100
+# epochs, 10 DAgger epochs), so that a setting means the same whatever the parents' run used.
+PAPER_SELECTOR = dict(selector_lr=5e-4, selector_epochs=100)
 SETTINGS = {
-    "paper: minibatch 64, 100 selector epochs": dict(crossover_minibatch=64, selector_patience=0),
-    "minibatch 256": dict(crossover_minibatch=256, selector_patience=0),
-    "minibatch 256, selector patience 5": dict(crossover_minibatch=256, selector_patience=5),
-    "minibatch 256, selector patience 5, 5 DAgger epochs": dict(crossover_minibatch=256, selector_patience=5,
-                                                                dagger_epochs=5),
-    "minibatch 512, selector patience 5": dict(crossover_minibatch=512, selector_patience=5),
-    "minibatch 512, selector patience 5, 5 DAgger epochs": dict(crossover_minibatch=512, selector_patience=5,
-                                                                dagger_epochs=5),
+    "paper: minibatch 64, 100 selector epochs": dict(PAPER_SELECTOR, crossover_minibatch=64, selector_patience=0,
+                                                     dagger_epochs=10),
+    "minibatch 256": dict(PAPER_SELECTOR, crossover_minibatch=256, selector_patience=0, dagger_epochs=10),
+    "minibatch 256, selector patience 5": dict(PAPER_SELECTOR, crossover_minibatch=256, selector_patience=5,
+                                               dagger_epochs=10),
+    "minibatch 256, selector patience 5, 5 DAgger epochs": dict(PAPER_SELECTOR, crossover_minibatch=256,
+                                                                selector_patience=5, dagger_epochs=5),
+    "minibatch 512, selector patience 5": dict(PAPER_SELECTOR, crossover_minibatch=512, selector_patience=5,
+                                               dagger_epochs=10),
+    "minibatch 512, selector patience 5, 5 DAgger epochs": dict(PAPER_SELECTOR, crossover_minibatch=512,
+                                                                selector_patience=5, dagger_epochs=5),
     "minibatch 512, selector patience 5, 5 DAgger epochs, learning rates x2": dict(
-        crossover_minibatch=512, selector_patience=5, dagger_epochs=5, selector_lr=1e-3, dagger_lr=1e-3),
+        PAPER_SELECTOR, crossover_minibatch=512, selector_patience=5, dagger_epochs=5, selector_lr=1e-3,
+        dagger_lr=1e-3),
     "minibatch 1024, selector patience 5, 3 DAgger epochs, learning rates x2": dict(
-        crossover_minibatch=1024, selector_patience=5, dagger_epochs=3, selector_lr=1e-3, dagger_lr=1e-3),
-    # The selector alone, the rest at the defaults: at 5e-4 its held-out loss still falls at epoch
-    # 100, so patience never stops it; at 2e-3 it reaches that loss in about 30 epochs.
-    "selector: learning rate 5e-4, up to 100 epochs": dict(selector_lr=5e-4, selector_epochs=100),
-    "selector: learning rate 2e-3, up to 30 epochs": dict(selector_lr=2e-3, selector_epochs=30),
-    "selector: learning rate 2e-3, up to 20 epochs": dict(selector_lr=2e-3, selector_epochs=20),
-    "selector: learning rate 2e-3, up to 30 epochs; 3 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30,
-                                                                          dagger_epochs=3),
+        PAPER_SELECTOR, crossover_minibatch=1024, selector_patience=5, dagger_epochs=3, selector_lr=1e-3,
+        dagger_lr=1e-3),
+    # The selector's learning rate and epochs, and DAgger's epochs (docs/crossover-selector.md): at
+    # 5e-4 the selector's held-out loss still falls at epoch 100, so patience never stops it.
+    "selector 5e-4 up to 100 epochs, 5 DAgger epochs": dict(selector_lr=5e-4, selector_epochs=100, dagger_epochs=5),
+    "selector 2e-3 up to 30 epochs, 5 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30, dagger_epochs=5),
+    "selector 2e-3 up to 20 epochs, 5 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=20, dagger_epochs=5),
+    "selector 2e-3 up to 30 epochs, 3 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30, dagger_epochs=3),
 }
 
 
