@@ -5,7 +5,6 @@ gpo_mpi.runfile.info, which needs no torch).
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 import warnings
@@ -106,15 +105,8 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
     first), or with the crossover fields of `config` where given."""
     config = config or run.config
     env = EnvSpec.of(config)
-    parent_data = []
-    for offset, parent in enumerate((first, second)):
-        recorder = EpisodeRecorder(config.n_envs, stride=1)
-        sampler = Sampler(env, config.n_envs, seed + offset, f"member {parent}", recorder)
-        batch = sampler.sample(run.policies[parent], run.normalizer, selector_rollout_steps(config))[0]
-        sampler.close()
-        trajectories = recorder.take() or crossover.batch_trajectories(batch)
-        parent_data.append(crossover.selector_data(trajectories, config.top_fraction, config.selector_states,
-                                                   np.random.default_rng(seed + offset)))
+    parent_data = [parent_selector_data(run, parent, env, config, seed + offset)
+                   for offset, parent in enumerate((first, second))]
     obs_dim, act_dim = run.normalizer.mean.shape[0], run.policies[first].log_std.shape[0]
     parents = (run.policies[first], run.policies[second])
     children = []
@@ -127,13 +119,27 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
     return tuple(children)
 
 
-def selector_rollout_steps(config: RunConfig) -> int:
-    """Steps of a parent's rollout for the selector: enough that the best `top_fraction` of its
-    episodes hold about `selector_states` states, as a run's whole round of episodes does (one
-    batch would give the selector a third of a run's states); at least one batch, a multiple of
-    n_envs."""
-    wanted = math.ceil(config.selector_states / config.top_fraction) if config.selector_states else 0
-    return max(config.batch_steps, -(-wanted // config.n_envs) * config.n_envs)
+def parent_selector_data(run: FinishedRun, parent: int, env: EnvSpec, config: RunConfig,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A parent's states and returns for the selector (crossover.selector_data), from batches of its
+    whole episodes until their best `top_fraction` hold `selector_states` states: in a run the
+    selector draws them from a whole round's episodes, which one batch would fall far short of.
+    At most a round's batches, as in a run."""
+    recorder = EpisodeRecorder(config.n_envs, stride=1)
+    sampler = Sampler(env, config.n_envs, seed, f"member {parent}", recorder)
+    episodes: list[tuple[np.ndarray, float]] = []
+    try:
+        for _ in range(max(1, config.iterations_per_round)):
+            batch = sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0]
+            episodes += recorder.take()
+            best_states, _ = crossover.selector_data(episodes or crossover.batch_trajectories(batch),
+                                                     config.top_fraction, 0, np.random.default_rng(seed))
+            if config.selector_states and len(best_states) >= config.selector_states:
+                break
+    finally:
+        sampler.close()
+    return crossover.selector_data(episodes or crossover.batch_trajectories(batch), config.top_fraction,
+                                   config.selector_states, np.random.default_rng(seed))
 
 
 class ActingPolicy(nn.Module):

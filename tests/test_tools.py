@@ -202,6 +202,23 @@ def test_plot_draws_every_figure_of_a_gpo_run(gpo_run, tmp_path):
     assert states_line.count("episodes ended") + states_line.count("no episode ended") == 4
 
 
+def test_breeding_a_couple_gives_the_selector_as_many_states_as_a_run(gpo_run, monkeypatch):
+    """The selector of `gpo-mpi plot`'s and bench/crossover.py's crossovers trains on selector_states
+    states of each parent's best episodes, as in a run (one batch of 64 steps holds at most 60)."""
+    import dataclasses
+
+    from gpo_mpi import crossover, tools
+    run = tools.load_run(str(gpo_run))
+    config = dataclasses.replace(run.config, selector_states=100)
+    given = {}
+    monkeypatch.setattr(crossover, "make_child",
+                        lambda operator, parents, fitter, parent_data, *rest: given.setdefault(operator, parent_data))
+    tools.breed_couple(run, 0, 1, seed=3, config=config)
+    assert [len(states) for states, _ in given["state"]] == [100, 100]
+    for states, returns in given["state"]:
+        assert states.shape[1] == run.normalizer.mean.shape[0] and len(returns) == 100
+
+
 def test_plot_family_tree_and_heatmaps_follow_the_run(gpo_run):
     """Drawn from the run file: one edge per parent of every child, one heatmap per round."""
     import h5py
