@@ -257,7 +257,7 @@ class RunConfig:
     selector_states: int = 4096
     """States per parent that train the selector, drawn evenly from its best trajectories of the whole round (0: all of them)."""
     crossover_minibatch: int = 512
-    """Minibatch size of selector and DAgger training (the paper: 64; 512 with selector_patience 5 breeds children as good as the paper's settings at a seventh of the time, docs/crossover-hopper-settings.md)."""
+    """Minibatch size of selector and DAgger training (the paper: 64; 512 with selector_patience 5 and 5 DAgger epochs bred children as good as the paper's settings at a seventh of the time, docs/crossover-hopper-settings.md)."""
     expert_steps: int = 5000
     """Expert transitions rolled out to start DAgger's dataset."""
     dagger_iterations: int = 10
