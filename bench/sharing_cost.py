@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--share-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--share-rows", type=int, nargs="*", default=[2048],
-                        help="share_rows settings timed beside the default (all foreign rows)")
+                        help="share_rows settings timed beside the paper's (all foreign rows)")
     parser.add_argument("--out", type=Path, default=Path("docs/sharing-cost"))
     args = parser.parse_args()
 
@@ -92,7 +92,7 @@ def main() -> None:
     notes = [f"{args.env} shapes ({obs_dim} observations, {act_dim} actions), batches of {defaults.batch_steps} "
              f"steps, the defaults' update ({defaults.policy_epochs} policy and {defaults.critic_epochs} critic "
              f"epochs, minibatch {defaults.minibatch or 'full batch'}, critic on its own batch); share_rows all: every "
-             "foreign row in every policy epoch (the default), a number: a fresh draw of that many each epoch; "
+             "foreign row in every policy epoch (the paper's), a number: a fresh draw of that many each epoch; "
              f"median of {args.repeats} iterations, one thread. Command `python bench/sharing_cost.py`; "
              f"commit {git_commit()}."]
     print(write_table(args.out, header, rows, notes))
