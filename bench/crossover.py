@@ -7,7 +7,7 @@ and what state-space crossover's training settings cost against what they give.
 Trains a population of 8 briefly and independently (`gpo-mpi --algo single`
 on 2 ranks), takes the 8 fittest distinct couples by final return, and
 breeds one child per couple both ways: by imitation in state space (with
-gpo-mpi's defaults) and by copying every layer from a random parent. Each
+the parents' run's crossover settings) and by copying every layer from a random parent. Each
 parent and child is then rolled out for `--episodes` whole episodes; a
 child's return is reported normalized to its first parent (the fitter one).
 Writes PREFIX.md (table) and PREFIX.png (bar plot).
@@ -36,10 +36,11 @@ from gpo_mpi.rollout import EnvSpec
 
 torch.set_num_threads(1)
 
-# State-space crossover's training settings, as config fields over the run's own; each names every
-# field it was measured with that the defaults have changed since (the selector's 5e-4 and 100
-# epochs, 10 DAgger epochs), so that a setting means the same whatever the parents' run used.
+# State-space crossover's training settings, as config fields over the parents' run's own; each names
+# every training field it was measured with (minibatch, selector learning rate, epochs and patience,
+# DAgger epochs), so that a setting means the same whatever the parents' run used.
 PAPER_SELECTOR = dict(selector_lr=5e-4, selector_epochs=100)
+MINIBATCH_512 = dict(crossover_minibatch=512, selector_patience=5)
 SETTINGS = {
     "paper: minibatch 64, 100 selector epochs": dict(PAPER_SELECTOR, crossover_minibatch=64, selector_patience=0,
                                                      dagger_epochs=10),
@@ -60,10 +61,14 @@ SETTINGS = {
         dagger_lr=1e-3),
     # The selector's learning rate and epochs, and DAgger's epochs (docs/crossover-selector.md): at
     # 5e-4 the selector's held-out loss still falls at epoch 100, so patience never stops it.
-    "selector 5e-4 up to 100 epochs, 5 DAgger epochs": dict(selector_lr=5e-4, selector_epochs=100, dagger_epochs=5),
-    "selector 2e-3 up to 30 epochs, 5 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30, dagger_epochs=5),
-    "selector 2e-3 up to 20 epochs, 5 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=20, dagger_epochs=5),
-    "selector 2e-3 up to 30 epochs, 3 DAgger epochs": dict(selector_lr=2e-3, selector_epochs=30, dagger_epochs=3),
+    "selector 5e-4 up to 100 epochs, 5 DAgger epochs": dict(MINIBATCH_512, selector_lr=5e-4, selector_epochs=100,
+                                                            dagger_epochs=5),
+    "selector 2e-3 up to 30 epochs, 5 DAgger epochs": dict(MINIBATCH_512, selector_lr=2e-3, selector_epochs=30,
+                                                           dagger_epochs=5),
+    "selector 2e-3 up to 20 epochs, 5 DAgger epochs": dict(MINIBATCH_512, selector_lr=2e-3, selector_epochs=20,
+                                                           dagger_epochs=5),
+    "selector 2e-3 up to 30 epochs, 3 DAgger epochs": dict(MINIBATCH_512, selector_lr=2e-3, selector_epochs=30,
+                                                           dagger_epochs=3),
 }
 
 
@@ -184,7 +189,7 @@ def main() -> None:
     notes = [f"{config.env}, the {len(pairs)} couples above, each child bred once per setting with the same seed "
              f"and evaluated over {args.episodes} episodes with sampled actions. s per child: the state-space "
              "crossover alone (selector, 5,000 expert and 5,000 DAgger steps, DAgger's training), one thread, "
-             f"mean over the couples. Settings (config fields over the defaults): "
+             f"mean over the couples. Settings (config fields over the parents' run's): "
              + "; ".join(f"{name}: `{SETTINGS[name]}`" for name in args.settings) + f". Commit {git_commit()}."]
     print(write_table(args.out.with_name(args.out.name + "-settings"), header, setting_rows, notes))
 

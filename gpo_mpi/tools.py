@@ -122,9 +122,10 @@ def breed_couple(run: FinishedRun, first: int, second: int, seed: int,
 def parent_selector_data(run: FinishedRun, parent: int, env: EnvSpec, config: RunConfig,
                          seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A parent's states and returns for the selector (crossover.selector_data), from batches of its
-    whole episodes until their best `top_fraction` hold `selector_states` states: in a run the
-    selector draws them from a whole round's episodes, which one batch would fall far short of.
-    At most a round's batches, as in a run."""
+    whole episodes until their best `top_fraction` hold `selector_states` states (0: a round's
+    batches): as many states as a run's selector trains on, so that a crossover costs what it does
+    in a run. A run draws them from a whole round's episodes, every k-th state of each; here they
+    are every state of the fewer episodes needed. At most a round's batches."""
     recorder = EpisodeRecorder(config.n_envs, stride=1)
     sampler = Sampler(env, config.n_envs, seed, f"member {parent}", recorder)
     episodes: list[tuple[np.ndarray, float]] = []
@@ -132,10 +133,10 @@ def parent_selector_data(run: FinishedRun, parent: int, env: EnvSpec, config: Ru
         for _ in range(max(1, config.iterations_per_round)):
             batch = sampler.sample(run.policies[parent], run.normalizer, config.batch_steps)[0]
             episodes += recorder.take()
-            best_states, _ = crossover.selector_data(episodes or crossover.batch_trajectories(batch),
-                                                     config.top_fraction, 0, np.random.default_rng(seed))
-            if config.selector_states and len(best_states) >= config.selector_states:
-                break
+            if config.selector_states and episodes:
+                best_states, _ = crossover.selector_data(episodes, config.top_fraction, 0, np.random.default_rng(seed))
+                if len(best_states) >= config.selector_states:
+                    break
     finally:
         sampler.close()
     return crossover.selector_data(episodes or crossover.batch_trajectories(batch), config.top_fraction,
