@@ -115,7 +115,7 @@ class RunConfig:
     share_rounds: int = 0
     """Data sharing only in the first share_rounds rounds, none after (0: in every round, as the paper)."""
     share_rows: int = 2048
-    """Foreign rows per policy epoch under data sharing: each epoch learns from the member's own batch and a fresh uniform draw of this many rows of the other batches in S_i, so that an update costs about as much at any |S_i| (0: all of them every epoch, the paper's; 2048, one batch at the default batch_steps, learned as well or better than 0 on three tasks in 0.83 to 0.97 x its wall time, docs/RESULTS.md)."""
+    """Foreign rows per policy epoch under data sharing: each epoch learns from the member's own batch and a fresh uniform draw of this many rows of the other batches in S_i, so that an update costs about as much at any |S_i| (0: all of them every epoch, the paper's; 2048, one batch at the default batch_steps, learned better than 0 on Walker2d and Hopper and as well on HalfCheetah, in 0.81 to 0.97 x its wall time, docs/RESULTS.md)."""
     share_ratio_cap: float = 1.0
     """Truncation of the fixed factor pi_i_old / pi_j_old of a foreign sample's importance weight, as V-trace's (inf: none, the paper's)."""
     exchange: Literal["auto", "allgather", "graph"] = "auto"
@@ -452,9 +452,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for config_field in fields(RunConfig):
         annotation = _field_type(config_field)
         flag = "--" + config_field.name.replace("_", "-")
-        help_text = _FIELD_DOCS.get(config_field.name, "")
+        help_text = _FIELD_DOCS.get(config_field.name, "").replace("%", "%%")  # argparse formats help with %
         default = {} if config_field.default is dataclasses.MISSING else config_field.default
-        default_text = f" (default: {default})"
+        default_text = f" (default: {default})".replace("%", "%%")
         origin = typing.get_origin(annotation)
         if origin is Literal:
             parser.add_argument(flag, choices=typing.get_args(annotation), default=None,
