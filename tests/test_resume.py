@@ -36,9 +36,11 @@ def run_file_contents(path):
 # The default checkpoint_every (10) with 13 iterations per round: scheduled checkpoints after
 # iterations 10, 23 and 36 and at the two round ends (13, 26), so most stops fall between them.
 # 3 rounds of 13 iterations of 4 x 64 steps, 2 breedings of 4 children x (64 + 2 x 32) steps.
+# Each policy epoch draws one batch's worth (64) of the 192 foreign rows, as the default share_rows
+# (2048) does at the default batch_steps, so that the draws' random state must resume too.
 OFF_GRID = TINY + ["--population", "4", "--rounds", "3", "--expert-steps", "64", "--dagger-iterations", "2",
                    "--dagger-steps", "32", "--selector-epochs", "2", "--dagger-epochs", "2", "--policy-epochs", "3",
-                   "--critic-epochs", "5", "--total-steps", "11008"]
+                   "--critic-epochs", "5", "--total-steps", "11008", "--share-rows", "64"]
 OFF_GRID_STEPS = lambda iterations: 256 * iterations + 512 * ((iterations - 1) // 13)  # noqa: E731
 
 
