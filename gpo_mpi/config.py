@@ -131,7 +131,9 @@ class RunConfig:
     eval_episodes: int = 10
     """Whole episodes with the mean action that evaluate every policy at the run's end (not counted in total_steps); the best by this picks the run's best member. 0: none, best by training returns."""
     eval_every: int = 0
-    """Iterations between evaluations of every policy during training (eval_episodes each, mean actions, the final evaluation's fixed seeds, not counted in total_steps); the run file keeps every evaluation and the best evaluated policy. 0: only the final one."""
+    """Iterations between evaluations of every policy during training (eval_episodes each, mean actions, the final evaluation's fixed seeds, not counted in total_steps); the run file keeps every evaluation and the best evaluated policy. None falls on the run's last iteration: the final evaluation follows it. 0: only the final one."""
+    periodic_eval_episodes: int = 0
+    """Episodes per policy of the evaluations during training (eval_every), when fewer than the final evaluation's should keep their cost down; the run file pads their rows with NaN to eval_episodes columns. 0: eval_episodes."""
 
     def member_slots(self, rank: int, n_ranks: int) -> range:
         """The member slots a rank holds (Joint: sampler slots of its one policy): consecutive
@@ -148,8 +150,8 @@ class RunConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ["horizon", "minibatch", "seed", "checkpoint_every", "share_max", "share_every", "share_rounds",
-                     "share_rows", "eval_episodes", "eval_every", "selector_states", "selector_patience",
-                     "kl_states_total", "elites"]:
+                     "share_rows", "eval_episodes", "eval_every", "periodic_eval_episodes", "selector_states",
+                     "selector_patience", "kl_states_total", "elites"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
         for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
@@ -160,6 +162,9 @@ class RunConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+        if self.periodic_eval_episodes > self.eval_episodes:
+            raise ConfigError(f"periodic_eval_episodes ({self.periodic_eval_episodes}) must be at most eval_episodes "
+                              f"({self.eval_episodes}), the width of the run file's evaluation rows")
         if not self.max_grad_norm >= 0:
             raise ConfigError(f"max_grad_norm must be zero or positive, got {self.max_grad_norm}")
         if not self.share_epsilon >= 0:
@@ -331,6 +336,11 @@ class RunConfig:
     def iterations(self) -> int:
         """Policy-gradient iterations of the whole run."""
         return self.iterations_per_round * self.n_rounds
+
+    @property
+    def episodes_per_periodic_evaluation(self) -> int:
+        """Episodes per policy of an evaluation during training (eval_every)."""
+        return self.periodic_eval_episodes or self.eval_episodes
 
 
 PRESETS: dict[str, dict] = {

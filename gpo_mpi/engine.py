@@ -228,9 +228,11 @@ class Population:
                 if self.recorder:
                     self.recorder.iteration_took(time.monotonic() - iteration_start)
                 self.record_iteration(round_index, stats)
-            if config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0:
+            # The run's last iteration is evaluated by the final evaluation, which follows it.
+            if (config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0
+                    and self.iteration < config.iterations):
                 with self.timer("evaluation"):
-                    self.record_evaluation(self.evaluate())
+                    self.record_evaluation(self.evaluate(config.episodes_per_periodic_evaluation))
             last_of_round = step + 1 == config.iterations_per_round
             if last_of_round:
                 continue  # a stop waits for the checkpoint after this round's breeding
@@ -513,21 +515,21 @@ class Population:
         if self.recorder:
             self.recorder.round(round_index, self.env_steps, times, traffic)
 
-    def evaluate(self) -> np.ndarray:
-        """Every policy's returns over eval_episodes whole episodes with its mean
+    def evaluate(self, episodes: int) -> np.ndarray:
+        """Every policy's returns over `episodes` whole episodes with its mean
         action, in policy order (on every rank). Joint's one policy is evaluated
         by rank 0. The environment steps it took (all policies) go to
         `self.evaluation_steps`; they are not training steps."""
         config = self.config
         members = self.members if not self.joint or self.rank == 0 else []
         rows = [[member.index, *np.concatenate(returns_and_lengths(
-                    member.policy, self.normalizer, self.env, config.eval_episodes,
+                    member.policy, self.normalizer, self.env, episodes,
                     seeds.evaluation(config.seed, member.index), deterministic=True))] for member in members]
-        rows = np.array(rows, dtype=np.float64).reshape(-1, 1 + 2 * config.eval_episodes)
+        rows = np.array(rows, dtype=np.float64).reshape(-1, 1 + 2 * episodes)
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
         all_rows = all_rows[np.argsort(all_rows[:, 0], kind="stable")]
-        self.evaluation_steps = int(all_rows[:, 1 + config.eval_episodes:].sum())
-        return all_rows[:, 1:1 + config.eval_episodes]
+        self.evaluation_steps = int(all_rows[:, 1 + episodes:].sum())
+        return all_rows[:, 1:1 + episodes]
 
     def record_evaluation(self, evaluation: np.ndarray, announce: bool = True) -> None:
         """Keep an evaluation (policies x episodes) in the run file, and the best policy evaluated so far
@@ -558,7 +560,7 @@ class Population:
         all_policies, _ = self._mpi(mpi.allgatherv_rows, policies)
         all_critics, _ = self._mpi(mpi.allgatherv_rows, critics)
         with self.timer("evaluation"):
-            evaluation = self.evaluate() if self.config.eval_episodes else None
+            evaluation = self.evaluate(self.config.eval_episodes) if self.config.eval_episodes else None
         if evaluation is not None and self.config.eval_every:
             self.record_evaluation(evaluation, announce=False)  # announced by the final record
         if self.recorder:

@@ -45,7 +45,7 @@ _GPO_ONLY = ("share_", "critic_data", "kl_states", "child_", "expert_", "selecto
              "diversity_", "distinct_", "top_fraction")
 # What tells runs of one study apart, and what does not make them different algorithms.
 _NOT_THE_ALGORITHM = {"env", "env_kwargs", "seed", "out", "tensorboard", "checkpoint_every", "eval_every",
-                      "eval_episodes", "init_from", "algo", "components", "population", "total_steps", "rounds"}
+                      "eval_episodes", "periodic_eval_episodes", "init_from", "algo", "components", "population", "total_steps", "rounds"}
 
 
 def _group_label(config) -> str:
@@ -155,7 +155,7 @@ def _one_run_curves(plt, path, config, steps, returns, rounds):
     axes.plot(steps, best_member_curve(returns), color="black", linewidth=2, label="best member")
     with open_run(path) as run_file:  # evaluations during training (eval_every), when the run made any
         if "evaluations/env_steps" in run_file and len(run_file["evaluations/env_steps"]):
-            evaluation_means = run_file["evaluations/returns"][()].mean(axis=2)
+            evaluation_means = np.nanmean(run_file["evaluations/returns"][()], axis=2)  # NaN: periodic_eval_episodes
             axes.plot(run_file["evaluations/env_steps"][()], evaluation_means.max(axis=1), color="black",
                       marker="o", linestyle="--", linewidth=1, label="best member, evaluated (mean action)")
     # Between a round's last iteration and the next one's first: selection and crossover.

@@ -21,7 +21,7 @@ from .runfile import RunFileWriter
 from .scalars import TensorBoardScalars
 
 RETURN_WINDOW = 10  # training episodes averaged into a member's reported return
-PHASES = ("mutate", "select", "crossover", "communication")
+PHASES = ("mutate", "select", "crossover", "communication", "evaluation")
 
 
 class PhaseTimer:
@@ -251,22 +251,27 @@ class Recorder:
         self.best_evaluated = dict(parameters=parameters, normalizer=normalizer_state, member=member,
                                    env_steps=env_steps, mean_return=float(mean_return))
 
-    def evaluation_summary(self, evaluation_steps: int) -> str:
+    @staticmethod
+    def evaluation_summary(episodes: int, evaluation_steps: int) -> str:
         """How an evaluation was made, for the progress line."""
-        return (f"{self.config.eval_episodes} episodes, mean action; {evaluation_steps:,} evaluation steps, "
+        return (f"{episodes} episodes, mean action; {evaluation_steps:,} evaluation steps, "
                 "not counted in the budget")
 
     def evaluation(self, env_steps: int, evaluation: np.ndarray, evaluation_steps: int, announce: bool) -> None:
-        """An evaluation during training (policies x episodes)."""
+        """An evaluation during training (policies x episodes); a row of fewer episodes than the final
+        evaluation's (periodic_eval_episodes) is padded with NaN."""
         means = evaluation.mean(axis=1)
         best = int(np.argmax(means))
-        self.writer.append(evaluations__env_steps=env_steps, evaluations__returns=evaluation,
+        padded = np.full((len(evaluation), max(1, self.config.eval_episodes)), np.nan)
+        padded[:, :evaluation.shape[1]] = evaluation
+        self.writer.append(evaluations__env_steps=env_steps, evaluations__returns=padded,
                            evaluations__evaluation_steps=evaluation_steps)
         if self.scalars:
             self.scalars.evaluation(env_steps, means)
         if announce:
-            print(f"evaluation at {env_steps:,} steps ({self.evaluation_summary(evaluation_steps)}): best member "
-                  f"{best} at {means[best]:.1f}, mean over members {means.mean():.1f}", flush=True)
+            how = self.evaluation_summary(evaluation.shape[1], evaluation_steps)
+            print(f"evaluation at {env_steps:,} steps ({how}): best member {best} at {means[best]:.1f}, "
+                  f"mean over members {means.mean():.1f}", flush=True)
 
     # ------------------------------------------------------------ the end
     def finish(self, policies: np.ndarray, critics: np.ndarray, normalizer_state, evaluation: np.ndarray | None,
@@ -277,7 +282,8 @@ class Recorder:
             self.write_child_returns()
         if evaluation is not None:
             best = int(np.argmax(evaluation.mean(axis=1)))
-            print(f"evaluation ({self.evaluation_summary(evaluation_steps)}): best member {best} at "
+            how = self.evaluation_summary(evaluation.shape[1], evaluation_steps)
+            print(f"evaluation ({how}): best member {best} at "
                   f"{evaluation[best].mean():.1f}, mean over members {evaluation.mean():.1f}", flush=True)
         else:
             member_returns = self.returns.member_returns()

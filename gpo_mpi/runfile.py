@@ -16,7 +16,7 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
                                                     importance weights (own batch alone: batch_steps)
     /rounds/kl_matrix            (R, m, m) float64  KL[pi_i || pi_j] on shared states at the round's start (gpo)
     /rounds/share_set_sizes      (R, m)    int64    |S_i| at the round's first iteration (gpo; later ones: iterations/)
-    /rounds/time_mutate, time_select, time_crossover, time_communication
+    /rounds/time_mutate, time_select, time_crossover, time_communication, time_evaluation
                                  (R,)      float64  rank 0's wall time per phase in the round (seconds;
                                                     communication is time inside collectives, not in the others)
     /rounds/collective_calls, bytes_sent, bytes_received
@@ -42,7 +42,9 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /final/eval_returns          (m, E)    float64  each policy's returns over eval_episodes whole episodes with
                                                     its mean action (absent with eval_episodes 0)
     /final/obs_normalizer        (1 + 2 d,) float64 observation statistics: count, mean (d), variance (d)
-    /evaluations/env_steps, returns (E,), (E, m, episodes): evaluations during training (eval_every)
+    /evaluations/env_steps, returns (E,), (E, m, episodes): evaluations during training (eval_every) and the
+                                                    final one; a row of periodic_eval_episodes < eval_episodes
+                                                    episodes is padded with NaN
     /evaluations/evaluation_steps (E,)     int64    environment steps each evaluation took (all policies; not in
                                                     env_steps and not counted in the budget)
     /final/best_evaluated_policy_parameters, best_evaluated_obs_normalizer: the best policy they found
@@ -168,6 +170,7 @@ class RunFileWriter:
             "rounds/share_set_sizes": ((m,), np.int64),
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
+            "rounds/time_evaluation": ((), np.float64),
             "breeding/member_return_before": ((m,), np.float64), "breeding/selection_kl_matrix": ((m, m), np.float64),
             "breeding/parent_pairs": ((m, 2), np.int64), "breeding/fitter_parent": ((m,), np.int64),
             "breeding/pair_fitness": ((m,), np.float64),

@@ -330,7 +330,8 @@ def test_learning_curves_of_one_run_show_every_member_the_best_and_the_crossover
 
 
 def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpirun, tmp_path):
-    """Every 2 iterations; stopped after iteration 4, whose evaluation and checkpoint hold the same policies."""
+    """Every 2 iterations, of 2 episodes where the final evaluation has 3; stopped after iteration 4, whose
+    evaluation and checkpoint hold the same policies."""
     from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
@@ -338,33 +339,42 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     from test_resume import assert_same_run, run_file_contents
     import h5py
     arguments = [*TINY, "--population", "4", "--rounds", "2", "--total-steps", "3072", "--expert-steps", "64",
-                 "--dagger-iterations", "1", "--dagger-steps", "64", "--eval-episodes", "3", "--eval-every", "2"]
+                 "--dagger-iterations", "1", "--dagger-steps", "64", "--eval-episodes", "3", "--eval-every", "2",
+                 "--periodic-eval-episodes", "2"]
     whole = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(tmp_path / "whole.h5")])
     assert whole.returncode == 0, whole.stderr
-    assert whole.stdout.count("evaluation at ") == 5  # iterations 2, 4, 6, 8, 10 (the last is the final one's)
-    # Pendulum's episodes last the whole 20-step horizon: 4 policies x 3 episodes x 20 steps per evaluation
-    assert whole.stdout.count("; 240 evaluation steps, not counted in the budget)") == 6  # and the final line
+    # iterations 2, 4, 6, 8; the last, 10, is evaluated once, by the final evaluation
+    assert whole.stdout.count("evaluation at ") == 4
+    # Pendulum's episodes last the whole 20-step horizon: 4 policies x 2 (final: 3) episodes x 20 steps
+    assert whole.stdout.count("(2 episodes, mean action; 160 evaluation steps, not counted in the budget)") == 4
+    assert whole.stdout.count("(3 episodes, mean action; 240 evaluation steps, not counted in the budget)") == 1
+    with h5py.File(tmp_path / "whole.h5") as run_file:
+        recorded = run_file["evaluations/returns"][()]
+        # iterations 2, 4, then the breeding (512 steps), 6, 8, and the final one
+        np.testing.assert_array_equal(run_file["evaluations/env_steps"][()], [512, 1024, 2048, 2560, 3072])
+        np.testing.assert_array_equal(recorded[-1], run_file["final/eval_returns"][()])
+    assert np.isnan(recorded[:-1, :, 2]).all() and np.isfinite(recorded[:, :, :2]).all()
     stopped = tmp_path / "stopped.h5"
     result = mpirun(2, ["interrupt.py", "1", "3", *arguments, "--out", str(stopped)])
     assert result.returncode == 3, result.stderr
     with h5py.File(stopped) as run_file:
         steps, returns = run_file["evaluations/env_steps"][()], run_file["evaluations/returns"][()]
-        np.testing.assert_array_equal(run_file["evaluations/evaluation_steps"][()], [240, 240])
+        np.testing.assert_array_equal(run_file["evaluations/evaluation_steps"][()], [160, 160])
     np.testing.assert_array_equal(steps, [512, 1024])
     for member in range(4):
         run, _ = read_member(str(stopped), member)
         seed = seeds.evaluation(run.config.seed, member)
-        again = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), 3, seed,
+        again = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), 2, seed,
                                 deterministic=True)
-        np.testing.assert_array_equal(again, returns[-1, member])
+        np.testing.assert_array_equal(again, returns[-1, member, :2])
     # and the command says the same (for one member: it is the same function)
-    printed = tool("eval", stopped, "--member", member, "--episodes", 3, "--seed", seed, "--deterministic")
-    assert f"return {returns[-1, member].mean():.1f} " in printed.stdout, printed.stdout
+    printed = tool("eval", stopped, "--member", member, "--episodes", 2, "--seed", seed, "--deterministic")
+    assert f"return {returns[-1, member, :2].mean():.1f} " in printed.stdout, printed.stdout
     resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(stopped), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_file_contents(stopped), run_file_contents(tmp_path / "whole.h5"))
     with h5py.File(stopped) as run_file:
-        means = run_file["evaluations/returns"][()].mean(axis=2)
+        means = np.nanmean(run_file["evaluations/returns"][()], axis=2)
         best = run_file["final/best_evaluated_policy_parameters"]
         row, member = np.unravel_index(np.argmax(means), means.shape)
         assert (best.attrs["member"], best.attrs["env_steps"]) == (member, run_file["evaluations/env_steps"][row])
@@ -375,7 +385,8 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     policy = GaussianPolicy(3, 1, run.config.policy_hidden)
     load_flat_parameters(policy, best_parameters)
     run.normalizer.load_state(best_normalizer)
-    again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), 3,
+    episodes = 3 if row == len(means) - 1 else 2  # the final evaluation's, or a periodic one's
+    again = episode_returns(policy, run.normalizer, EnvSpec.of(run.config), episodes,
                             seeds.evaluation(run.config.seed, int(member)), deterministic=True)
     assert again.mean() == means[row, member]
     from gpo_mpi import plot
