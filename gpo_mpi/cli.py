@@ -106,7 +106,7 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-TOOLS = ("info", "eval", "export", "plot")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
+TOOLS = ("info", "eval", "export", "plot", "compare")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
@@ -176,6 +176,26 @@ def run_tool(tool: str, arguments: list[str]) -> str:
             raise config.ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
         return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
                                     parsed.format))
+    if tool == "compare":
+        from . import compare
+
+        parser.description = ("Variants over many seeds, with IQM, 95%% stratified-bootstrap intervals and the "
+                              "probability of improvement (docs/run-file.md, 'Comparing runs').")
+        parser.add_argument("runs", metavar="RUN", nargs="+",
+                            help="run files (.h5), their summaries (.json, bench/study.py), or folders of them")
+        parser.add_argument("--label", action="append", default=[], metavar="OLD=NEW",
+                            help="call the variant named OLD (as the table names it) NEW; may be repeated")
+        parser.add_argument("--normalize-by", metavar="VARIANT",
+                            help="the variant whose mean on each task divides the scores across tasks "
+                                 "(default: Joint's where there is one, else the first variant)")
+        parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+        parser.add_argument("-o", "--out-dir", help="also write compare.md, compare.csv and the figures here")
+        parser.add_argument("--figures", nargs="+", choices=compare.FIGURES, default=list(compare.FIGURES))
+        parser.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="file format (default png)")
+        parsed = parser.parse_args(arguments)
+        return compare.run(parsed.runs, parsed.label, parsed.normalize_by, parsed.reps, parsed.seed, parsed.out_dir,
+                           parsed.figures, parsed.format)
     parser.add_argument("run", metavar="RUN.h5")
     if tool in ("eval", "export"):
         parser.add_argument("--member", type=int, help="member index (default: the best at the end)")

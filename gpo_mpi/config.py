@@ -343,6 +343,16 @@ class RunConfig:
         return self.periodic_eval_episodes or self.eval_episodes
 
 
+# Fields that only GPO reads: Single and Joint differ in none of them.
+GPO_ONLY_PREFIXES = ("share_", "critic_data", "kl_states", "child_", "expert_", "selector_", "dagger_", "crossover_",
+                     "diversity_", "distinct_", "top_fraction", "components", "rounds", "elites")
+
+
+def applies_to(field_name: str, algo: str) -> bool:
+    """Whether runs of `algo` read the field."""
+    return algo == "gpo" or not field_name.startswith(GPO_ONLY_PREFIXES)
+
+
 PRESETS: dict[str, dict] = {
     # Section 6.3 of the paper: rllab's horizon of 512 steps.
     "paper": dict(horizon=512),

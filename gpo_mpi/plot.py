@@ -40,12 +40,10 @@ def _pyplot():
     return plt
 
 
-# Fields that only GPO reads: Single and Joint differ in none of them.
-_GPO_ONLY = ("share_", "critic_data", "kl_states", "child_", "expert_", "selector_", "dagger_", "crossover_",
-             "diversity_", "distinct_", "top_fraction")
 # What tells runs of one study apart, and what does not make them different algorithms.
 _NOT_THE_ALGORITHM = {"env", "env_kwargs", "seed", "out", "tensorboard", "checkpoint_every", "eval_every",
-                      "eval_episodes", "periodic_eval_episodes", "init_from", "algo", "components", "population", "total_steps", "rounds"}
+                      "eval_episodes", "periodic_eval_episodes", "init_from", "algo", "components", "population",
+                      "total_steps", "rounds"}
 
 
 def _group_label(config) -> str:
@@ -53,7 +51,7 @@ def _group_label(config) -> str:
     preset whose fields it has, and any other field off its default ("gpo paper-literal")."""
     from dataclasses import fields
 
-    from .config import PRESETS, RunConfig
+    from .config import PRESETS, RunConfig, applies_to
 
     def normal(name, value):  # a share_max of all the others or more is no limit, as 0 is
         return 0 if name == "share_max" and value >= config.population - 1 else value
@@ -62,7 +60,7 @@ def _group_label(config) -> str:
     defaults = RunConfig()
     changed = {f.name for f in fields(config) if f.name not in _NOT_THE_ALGORITHM
                and normal(f.name, getattr(config, f.name)) != normal(f.name, getattr(defaults, f.name))
-               and (config.algo == "gpo" or not f.name.startswith(_GPO_ONLY))}
+               and applies_to(f.name, config.algo)}
     for name, preset in PRESETS.items():
         if changed & set(preset) and all(normal(k, getattr(config, k)) == normal(k, v) for k, v in preset.items()):
             label += f" {name}"
