@@ -16,11 +16,16 @@ Where each part of the paper lives:
 - ``kernels``    GAE and the diagonal-Gaussian KL (C++ extension ``_kernels``, numpy references)
 - ``mpi``        every MPI call: broadcasts, gathers, reductions, abort on error
 - ``seeds``      every seed derived from the run's seed, by slot, iteration and round
-- ``runfile``, ``checkpoint``, ``snapshot``, ``paths``  the HDF5 run file, resuming from it, environment
-  snapshots, output paths checked before anything is written
+- ``runfile``, ``checkpoint``, ``statefile``, ``snapshot``, ``paths``  the HDF5 run file, resuming from it,
+  checkpoint states stored without pickle, environment snapshots, output paths checked before anything is
+  written
 - ``cli``, ``tools``, ``plot``, ``scalars``  the ``gpo-mpi`` command, its tools, figures, TensorBoard
+- ``summary``, ``compare``  a finished run as a small JSON summary; many seeds of several variants compared
+  with IQM, bootstrap intervals and the probability of improvement
 """
 __version__ = "0.1.0"
+
+from .config import ConfigError  # noqa: E402  what every function here raises for bad input, in one line
 
 
 def train(run_config=None, **options) -> str:

@@ -1,16 +1,18 @@
 """Checkpoints inside the run file, and reading them back for --resume.
 
-A checkpoint is the group /checkpoint of the run file: one pickled state per
-rank (its members' networks, optimizers, penalty weights and minibatch
+A checkpoint is the group /checkpoint of the run file: one state per rank
+(its members' networks, optimizers, penalty weights and minibatch
 generators, and its samplers: environment snapshots, last observations,
 unfinished episodes' returns, action noise generators, the selector's
 episode record) and one shared state from rank 0 (position in the run,
 counters, observation statistics, the return windows, the lengths of every
-growing dataset). A resumed run therefore goes on with the very episodes
-the stopped one was in. Environments that cannot be snapshotted
-(gpo_mpi.snapshot) are restarted instead, at every checkpoint, from a seed
-that depends only on the member and the iteration: then a resumed run goes
-on identically only from a scheduled checkpoint.
+growing dataset), each stored by gpo_mpi.statefile: typed arrays under
+checksums and a JSON layout, so reading a checkpoint runs no code. A
+resumed run goes on with the very episodes the stopped one was in.
+Environments that cannot be snapshotted (gpo_mpi.snapshot) are restarted
+instead, at every checkpoint, from a seed that depends only on the member
+and the iteration: then a resumed run goes on identically only from a
+scheduled checkpoint.
 
 Rank 0 writes it with the rows gathered since the last one, into a copy
 of the run file that then replaces the original (`RunFileWriter.commit`),
@@ -20,29 +22,50 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import h5py
-import numpy as np
 
+from . import statefile
 from .config import ConfigError, RunConfig, to_dict
 from .runfile import open_run
 
 GROUP = "checkpoint"
 
 
-def write_group(run_file: h5py.File, shared_state: dict, rank_states: list[bytes]) -> None:
+def write_group(run_file: h5py.File, shared_state: dict, rank_states: list[dict]) -> None:
     """Put a checkpoint into an open run file, replacing the previous one."""
     if GROUP in run_file:
         del run_file[GROUP]
     group = run_file.create_group(GROUP)
-    group.create_dataset("shared", data=np.void(pickle.dumps(shared_state)))
-    for rank, blob in enumerate(rank_states):
-        group.create_dataset(f"rank{rank}", data=np.void(blob))
+    statefile.write(group, "shared", shared_state)
+    for rank, state in enumerate(rank_states):
+        statefile.write(group, f"rank{rank}", state)
     group.attrs["n_ranks"] = len(rank_states)
 
 
-def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]:
+def read_group(path: str, run_file: h5py.File) -> tuple[dict, list[dict]]:
+    """The shared state and every rank's state of the run file's checkpoint; ConfigError (one line) for one
+    that is missing, damaged, or pickled by an older gpo-mpi."""
+    if GROUP not in run_file or not isinstance(run_file[GROUP], h5py.Group):
+        raise ConfigError(f"{path} holds no checkpoint")
+    group = run_file[GROUP]
+    if isinstance(group.get("shared"), h5py.Dataset):  # statefile writes a group
+        raise ConfigError(f"the checkpoint in {path} was pickled by an earlier gpo-mpi; this version does not "
+                          f"read it, because reading pickle can run code (docs/checkpoints.md)")
+    try:
+        n_ranks = int(group.attrs["n_ranks"])
+        if not 0 < n_ranks <= 1 << 20:
+            raise ValueError(f"n_ranks {n_ranks}")
+        shared = statefile.read(group, "shared")
+        rank_states = [statefile.read(group, f"rank{rank}") for rank in range(n_ranks)]
+        if not isinstance(shared, dict) or not all(isinstance(state, dict) for state in rank_states):
+            raise ValueError("a state that is not a dict")
+    except (statefile.StateFileError, KeyError, ValueError, TypeError, OSError) as error:
+        raise ConfigError(f"the checkpoint in {path} is damaged ({error})") from None
+    return shared, rank_states
+
+
+def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[dict]]:
     """The checkpoint in a run file, after checking that it belongs to this run.
 
     Raises ConfigError (one line) for a file that is missing, not HDF5, not
@@ -68,10 +91,10 @@ def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[bytes]]
         if GROUP not in run_file:
             raise ConfigError(f"cannot resume: {path} holds no checkpoint yet")
         try:
-            group = run_file[GROUP]
-            shared = pickle.loads(group["shared"][()].tobytes())
-            rank_states = [group[f"rank{rank}"][()].tobytes() for rank in range(n_ranks)]
-        except Exception as error:  # damaged bytes can fail in any way while unpickled
-            raise ConfigError(f"cannot resume: the checkpoint in {path} is damaged ({error})") from None
+            shared, rank_states = read_group(path, run_file)
+        except ConfigError as error:
+            raise ConfigError(f"cannot resume: {error}") from None
+    if len(rank_states) != n_ranks:
+        raise ConfigError(f"cannot resume: the checkpoint in {path} is damaged (it holds {len(rank_states)} "
+                          f"ranks' states for a run of {n_ranks})")
     return shared, rank_states
-

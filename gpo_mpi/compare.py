@@ -500,8 +500,8 @@ def run(paths: list[str], labels: list[str], reference: str | None, reps: int, s
     relabel = {}
     for item in labels:
         old, separator, new = item.rpartition("=")
-        if not separator or not old or not new:
-            raise ConfigError(f"--label takes OLD=NEW (a variant's name, then yours), got {item!r}")
+        if not separator or not old or not new or "|" in new:
+            raise ConfigError(f"--label takes OLD=NEW (a variant's name, then yours, without '|'), got {item!r}")
         relabel[old] = new
     if reps < 100:
         raise ConfigError(f"--reps must be at least 100 for a 95% interval, got {reps}")

@@ -21,7 +21,6 @@ actions, whole episodes); the best by it is the run's best member.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import signal
 import time
 from dataclasses import dataclass
@@ -255,10 +254,9 @@ class Population:
         self._mpi(mpi.check_synced, self.normalizer.state(), "the observation statistics")
         if not self.captures_environments:
             self.restart_samplers()
-        rank_state = pickle.dumps(dict(members=[member.state() for member in self.members],
-                                       samplers=[lm.sampler.state(self.captures_environments)
-                                                 for lm in self.local]))
-        rank_states = self._mpi(mpi.gather_objects, rank_state)
+        rank_state = dict(members=[member.state() for member in self.members],
+                          samplers=[lm.sampler.state(self.captures_environments) for lm in self.local])
+        rank_states = self._mpi(mpi.gather_objects, rank_state)  # rank 0 stores them (gpo_mpi.statefile)
         if self.recorder:
             progress = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
                             env_steps=self.env_steps, share_sets=self.share_sets,
@@ -282,17 +280,16 @@ class Population:
         if error:
             raise ConfigError(error)
         shared = self._mpi(mpi.bcast_object, loaded[0] if loaded else None)
-        rank_blob = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
+        rank_state = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
         message = None
         try:
-            rank_state = pickle.loads(rank_blob)
             if "samplers" not in rank_state:
                 raise ConfigError("it is from an older gpo-mpi")
             for member, state in zip(self.members, rank_state["members"], strict=True):
                 member.load_state(state)
             for lm, sampler_state in zip(self.local, rank_state["samplers"], strict=True):
                 lm.sampler.load_state(sampler_state)
-        except Exception as error:  # damaged bytes can fail in any way while unpickled or loaded
+        except Exception as error:  # values of the wrong shape or kind can fail in any way while loaded
             message = (f"cannot resume: the checkpoint in {self.config.out} is damaged or foreign "
                        f"(this rank's part: {error})")
         agree_on_startup(self.comm, message)

@@ -254,17 +254,20 @@ class RunFileWriter:
         one atomic replacement of the file."""
         def write_final(run_file):
             final = run_file.create_group("final")
+
+            def checksummed(name: str, data: np.ndarray) -> h5py.Dataset:  # a flipped bit is reported, not used
+                return final.create_dataset(name, data=data, fletcher32=True, chunks=np.shape(data))
             if eval_returns is not None:
                 final.create_dataset("eval_returns", data=eval_returns)
             if best_evaluated is not None:  # the best policy of every evaluation, with its observation statistics
-                best = final.create_dataset("best_evaluated_policy_parameters", data=best_evaluated["parameters"])
-                final.create_dataset("best_evaluated_obs_normalizer", data=best_evaluated["normalizer"])
+                best = checksummed("best_evaluated_policy_parameters", best_evaluated["parameters"])
+                checksummed("best_evaluated_obs_normalizer", best_evaluated["normalizer"])
                 best.attrs.update(member=best_evaluated["member"], env_steps=best_evaluated["env_steps"],
                                   mean_return=best_evaluated["mean_return"])
-            final.create_dataset("obs_normalizer", data=normalizer_state)
-            final.create_dataset("policy_parameters", data=policy_parameters)
-            final.create_dataset("critic_parameters", data=critic_parameters)
-            final.create_dataset("best_policy_parameters", data=policy_parameters[best_member])
+            checksummed("obs_normalizer", normalizer_state)
+            checksummed("policy_parameters", policy_parameters)
+            checksummed("critic_parameters", critic_parameters)
+            checksummed("best_policy_parameters", policy_parameters[best_member])
             final.attrs["best_member"] = best_member
         self.commit(write_final)
 

@@ -1,7 +1,8 @@
 """Environment snapshots: a checkpoint saves each environment's state, so that
 a resumed run continues the very episodes the stopped one was in.
 
-`capture(env)` returns a picklable snapshot and `restore(env, snapshot)`
+`capture(env)` returns a snapshot (numbers, arrays, lists and dicts: what
+gpo_mpi.statefile stores without pickle) and `restore(env, snapshot)`
 puts it into another environment made from the same spec. What is saved:
 
 - the wrappers' counters (gymnasium's TimeLimit step count, OrderEnforcing's
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+
+from . import statefile
 
 PROTOCOL = ("gpo_get_state", "gpo_set_state")
 # The per-episode state of the wrappers gym.make adds; other wrappers need the protocol.
@@ -62,7 +65,8 @@ def capturable(env: gym.Env) -> bool:
     protocol, and an inner environment of a kind it knows."""
     *wrappers, inner = _chain(env)
     known = all(type(w) in WRAPPER_FIELDS or all(hasattr(w, name) for name in PROTOCOL) for w in wrappers)
-    return known and _kind(inner) is not None
+    # a user's state must be what a checkpoint stores without pickle (numbers, strings, arrays, lists, dicts)
+    return known and _kind(inner) is not None and statefile.storable(capture(env))
 
 
 def _mujoco_arrays(data) -> dict[str, np.ndarray]:

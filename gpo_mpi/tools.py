@@ -6,7 +6,6 @@ gpo_mpi.runfile.info, which needs no torch).
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from dataclasses import dataclass
 
@@ -42,17 +41,14 @@ def _checkpoint_members(path: str, run_file: h5py.File, config: RunConfig) -> tu
     from . import checkpoint
     if checkpoint.GROUP not in run_file:
         raise ConfigError(f"{path} holds neither a finished run nor a checkpoint yet: nothing to read")
+    shared, rank_states = checkpoint.read_group(path, run_file)
     try:
-        group = run_file[checkpoint.GROUP]
-        shared = pickle.loads(group["shared"][()].tobytes())
-        states = {}
-        for rank in range(int(group.attrs["n_ranks"])):
-            for member in pickle.loads(group[f"rank{rank}"][()].tobytes())["members"]:
-                states[member["index"]] = member
+        states = {member["index"]: member for state in rank_states for member in state["members"]}
         members = [states[index] for index in range(config.n_policies)]
-    except Exception as error:  # damaged bytes can fail in any way while unpickled
-        raise ConfigError(f"the checkpoint in {path} is damaged ({error})") from None
-    return members, shared["normalizer"], int(shared["iteration"])
+        normalizer, iteration = shared["normalizer"], int(shared["iteration"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"the checkpoint in {path} is damaged ({type(error).__name__}: {error})") from None
+    return members, normalizer, iteration
 
 
 def load_run(path: str) -> FinishedRun:
@@ -63,29 +59,56 @@ def load_run(path: str) -> FinishedRun:
         returns = run_file["iterations/member_return"][()]
         final_returns = returns[-1] if len(returns) else np.full(config.n_policies, np.nan)
         if "final" in run_file:
-            policy_vectors = run_file["final/policy_parameters"][()]
-            critic_vectors = run_file["final/critic_parameters"][()]
-            best = int(run_file["final"].attrs["best_member"])
-            normalizer_state = run_file["final/obs_normalizer"][()]
+            try:
+                policy_vectors = run_file["final/policy_parameters"][()]
+                critic_vectors = run_file["final/critic_parameters"][()]
+                best = int(run_file["final"].attrs["best_member"])
+                normalizer_state = run_file["final/obs_normalizer"][()]
+            except OSError as error:
+                raise ConfigError(f"the final group of {path} is damaged: its data cannot be read, a checksum "
+                                  f"does not match or the file is cut short ({error})") from None
+            except (KeyError, TypeError, ValueError) as error:
+                raise ConfigError(f"the final group of {path} is damaged ({type(error).__name__}: {error})") from None
             source, member_states = "the end of the run", None
         else:
             member_states, normalizer_state, iteration = _checkpoint_members(path, run_file, config)
             best = int(np.nanargmax(final_returns)) if np.isfinite(final_returns).any() else 0
             source = f"the checkpoint at iteration {iteration} of {config.iterations}, the run not finished"
-    policies, critics = [], []
-    for index in range(config.n_policies):
-        policy, critic = GaussianPolicy(obs_dim, act_dim, config.policy_hidden), Critic(obs_dim, config.critic_hidden)
-        if member_states is None:
-            load_flat_parameters(policy, policy_vectors[index])
-            load_flat_parameters(critic, critic_vectors[index])
-        else:
-            policy.load_state_dict(member_states[index]["policy"])
-            critic.load_state_dict(member_states[index]["critic"])
-        policies.append(policy)
-        critics.append(critic)
-    normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
-    normalizer.load_state(normalizer_state)
+    try:  # what was read must fit the run's networks, whatever the file holds
+        policies, critics = [], []
+        for index in range(config.n_policies):
+            policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+            critic = Critic(obs_dim, config.critic_hidden)
+            if member_states is None:
+                load_flat_parameters(policy, _float_row(policy_vectors, index))
+                load_flat_parameters(critic, _float_row(critic_vectors, index))
+            else:
+                policy.load_state_dict(member_states[index]["policy"])
+                critic.load_state_dict(member_states[index]["critic"])
+            policies.append(policy)
+            critics.append(critic)
+        normalizer_state = np.asarray(normalizer_state)
+        if normalizer_state.shape != (1 + 2 * obs_dim,) or not np.isfinite(normalizer_state.astype(float)).all():
+            raise ValueError(f"observation statistics of shape {normalizer_state.shape} or not finite")
+        if not 0 <= best < config.n_policies:
+            raise ValueError(f"best member {best} of {config.n_policies}")
+        normalizer = ObsNormalizer(obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
+        normalizer.load_state(normalizer_state)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+        where = "final group" if member_states is None else "checkpoint"
+        raise ConfigError(f"the {where} of {path} is damaged or from another run ({type(error).__name__}: "
+                          f"{error})".splitlines()[0]) from None
     return FinishedRun(config, policies, critics, normalizer, best, final_returns, source)
+
+
+def _float_row(vectors: np.ndarray, index: int) -> np.ndarray:
+    """Row `index` of a stored (members, parameters) array, refused unless finite floats."""
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise ValueError(f"parameters stored as {vectors.dtype} of shape {vectors.shape}")
+    row = vectors[index]
+    if not np.isfinite(row).all():
+        raise ValueError(f"member {index}'s parameters are not finite")
+    return row
 
 
 def read_member(path: str, member: int | None) -> tuple[FinishedRun, int]:

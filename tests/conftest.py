@@ -48,3 +48,14 @@ def mpirun():
         return subprocess.run([find_mpiexec(), "-n", str(n_ranks)] + command, capture_output=True,
                               text=True, timeout=timeout, env=full_env)
     return run
+
+
+def stored_and_read(tree, directory):
+    """`tree` written into an HDF5 file as a checkpoint stores it (gpo_mpi.statefile) and read back."""
+    import h5py
+    from gpo_mpi import statefile
+    path = directory / "state.h5"
+    with h5py.File(path, "w") as handle:
+        statefile.write(handle, "state", tree)
+    with h5py.File(path, "r") as handle:
+        return statefile.read(handle, "state")

@@ -320,14 +320,14 @@ def test_adam_state_moves_as_a_flat_vector():
         torch.testing.assert_close(original, copied, rtol=0, atol=0)
 
 
-def test_a_members_state_loads_into_a_fresh_member_and_it_goes_on_identically():
-    import pickle
+def test_a_members_state_loads_into_a_fresh_member_and_it_goes_on_identically(tmp_path):
+    from conftest import stored_and_read
     from gpo_mpi.config import ConfigError
     batch = sampled_batch(GaussianPolicy(3, 1), seed=3)
     trained = Member.create(2, 3, 1, CONFIG, seed=5)
     update(trained, pool_batches(trained, [batch], own_index=0, config=CONFIG), CONFIG)  # Adam state, beta moved
     restored = Member.create(2, 3, 1, CONFIG, seed=99)  # other initial weights and minibatch order
-    restored.load_state(pickle.loads(pickle.dumps(trained.state())))  # as a checkpoint stores it
+    restored.load_state(stored_and_read(trained.state(), tmp_path))  # as a checkpoint stores it
     for member in (trained, restored):
         update(member, pool_batches(member, [batch], own_index=0, config=CONFIG), CONFIG)
     for a, b in zip([*trained.policy.parameters(), *trained.critic.parameters()],

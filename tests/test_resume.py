@@ -148,21 +148,37 @@ def test_resume_refuses_files_that_do_not_fit(mpirun, tmp_path):
     assert bad.read_text() == "not an HDF5 file"  # nothing written over it
 
 
-@pytest.mark.parametrize("part", ["rank1", "shared"])
+def flip_stored_byte(path, dataset_name: str, at: int = 9) -> None:
+    """Corrupt one byte of a dataset on disk, as a failing disk would: the bytes, not through HDF5."""
+    with h5py.File(path, "r") as run_file:
+        offset = run_file[dataset_name].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as handle:
+        handle.seek(offset + at)
+        byte = handle.read(1)
+        handle.seek(offset + at)
+        handle.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.mark.parametrize("part", ["rank1/float32", "shared/float64", "rank0/layout"])
 def test_a_damaged_checkpoint_is_refused_in_one_line(mpirun, tmp_path, part):
-    """Bytes overwritten inside one pickled part of the checkpoint: exit 2, one line, the file unchanged."""
+    """A bit flipped on disk inside a member's parameters or the shared state (caught by the checksum), or a
+    layout that places an array beyond its data: exit 2, one line, the file unchanged."""
     out = tmp_path / "run.h5"
     stopped = mpirun(2, ["interrupt.py", "0", "1", *RESUMABLE, "--out", str(out)], timeout=300)
     assert stopped.returncode == 3, stopped.stderr
-    with h5py.File(out, "a") as run_file:
-        blob = run_file[f"checkpoint/{part}"][()].tobytes()
-        del run_file[f"checkpoint/{part}"]
-        run_file[f"checkpoint/{part}"] = np.void(blob[:40] + b"\x00damaged" * 8 + blob[104:])
+    if part.endswith("layout"):
+        with h5py.File(out, "a") as run_file:
+            del run_file[f"checkpoint/{part}"]
+            beyond_the_data = {"array": "float32", "shape": [10 ** 12], "at": 0}
+            run_file[f"checkpoint/{part}"] = json.dumps({"dict": [["members", {"list": [beyond_the_data]}]]})
+    else:
+        flip_stored_byte(out, f"checkpoint/{part}")
     before = out.read_bytes()
     result = mpirun(2, [gpo_mpi_command(), *RESUMABLE, "--out", str(out), "--resume"], timeout=120)
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert errors[0].startswith(f"gpo-mpi: error: cannot resume: the checkpoint in {out} is damaged")
+    assert ("a checksum does not match" in errors[0]) == (not part.endswith("layout")), errors[0]
     assert out.read_bytes() == before
 
 
@@ -362,7 +378,7 @@ def test_resume_refuses_foreign_and_damaged_run_files(tmp_path):
         checkpoint.read(str(good), config, 1)
     with pytest.raises(ConfigError, match="written by 1 ranks, this job has 2"):
         checkpoint.read(str(good), config, 2)
-    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [b"x"]))
+    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [{"members": []}]))
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(good.read_bytes()[:2000])
     with pytest.raises(ConfigError, match="is not a readable HDF5 file|damaged"):

@@ -41,14 +41,14 @@ def test_a_restored_snapshot_continues_exactly(name):
         assert (reward2, terminated2, truncated2) == (reward, terminated, truncated)
 
 
-def test_a_snapshot_survives_pickling():
-    import pickle
+def test_a_snapshot_survives_being_stored_as_a_checkpoint_stores_it(tmp_path):
+    from conftest import stored_and_read
     spec = EnvSpec("Hopper-v5")
     original, fresh = spec.make(), spec.make()
     original.reset(seed=3)
     fresh.reset(seed=4)
     original.step(np.zeros(3))
-    snapshot.restore(fresh, pickle.loads(pickle.dumps(snapshot.capture(original))))
+    snapshot.restore(fresh, stored_and_read(snapshot.capture(original), tmp_path))
     np.testing.assert_array_equal(fresh.step(np.ones(3))[0], original.step(np.ones(3))[0])
 
 

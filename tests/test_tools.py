@@ -124,10 +124,11 @@ def test_load_policy_acts_like_the_run_and_reads_stopped_runs(mpirun, finished_r
     assert plotted.returncode == 0, plotted.stderr
     assert "not finished; drawn from its 3 of 10 iterations so far" in plotted.stdout
     assert (tmp_path / "plots" / "stopped-curves.png").exists()
-    import pickle
     import h5py
+    from gpo_mpi import checkpoint
     with h5py.File(stopped) as run_file:  # member 3 lives on rank 1
-        [state] = [m for m in pickle.loads(run_file["checkpoint/rank1"][()].tobytes())["members"] if m["index"] == 3]
+        _, rank_states = checkpoint.read_group(str(stopped), run_file)
+        [state] = [m for m in rank_states[1]["members"] if m["index"] == 3]
     stopped_policy = gpo_mpi.load_policy(str(stopped), member=3)
     torch.testing.assert_close(stopped_policy.mean_net[0].weight, state["policy"]["mean_net.0.weight"], rtol=0, atol=0)
 

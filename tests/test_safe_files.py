@@ -1,0 +1,127 @@
+"""Run files from someone else: reading one runs no code, and a crafted or damaged one gets one line and exit 2."""
+import os
+import pickle
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from test_cli import gpo_mpi_command
+from test_run import TINY
+
+SINGLE = [*TINY, "--algo", "single", "--population", "2", "--total-steps", "512", "--checkpoint-every", "1"]
+
+
+class RunsACommand:
+    """Unpickling this runs `touch SENTINEL`: what a crafted checkpoint of the old format held."""
+
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.sentinel}",)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, ):
+    """A run stopped after its first iteration (a checkpoint, no final group), on one rank."""
+    from conftest import find_mpiexec
+    out = tmp_path_factory.mktemp("safe") / "stopped.h5"
+    result = subprocess.run([find_mpiexec(), "-n", "1", sys.executable,
+                             os.path.join(os.path.dirname(__file__), "mpi_programs", "interrupt.py"), "0", "1",
+                             *SINGLE, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    return out
+
+
+def crafted_copy(stopped: str, directory, kind: str):
+    """A copy of the stopped run with its checkpoint made into one of the files an attacker or a bad disk
+    could hand over; returns (path, sentinel)."""
+    path, sentinel = directory / f"{kind}.h5", directory / f"{kind}.sentinel"
+    path.write_bytes(open(stopped, "rb").read())
+    payload = np.void(pickle.dumps(RunsACommand(sentinel)))
+    with h5py.File(path, "a") as run_file:
+        group = run_file["checkpoint"]
+        if kind == "pickled":  # the old format's datasets, each a pickle that runs the command
+            for name in list(group):
+                del group[name]
+                group[name] = payload
+        elif kind == "pickle-in-layout":  # the payload where the layout's JSON belongs
+            del group["rank0/layout"]
+            group["rank0/layout"] = payload
+        elif kind == "object-dtype":  # strings where the parameters belong
+            del group["rank0/float32"]
+            group.create_dataset("rank0/float32", data=np.array(["x"] * 8, dtype=object),
+                                 dtype=h5py.string_dtype())
+        elif kind == "wrong-shape":  # half the parameters
+            data = group["rank0/float32"][()]
+            del group["rank0/float32"]
+            group["rank0/float32"] = data[:len(data) // 2]
+        elif kind == "pickle-in-final":  # a finished run whose policies are a pickle
+            run_file.create_group("final").create_dataset("policy_parameters", data=payload)
+            run_file["final"].attrs["best_member"] = 0
+    return path, sentinel
+
+
+KINDS = ["pickled", "pickle-in-layout", "object-dtype", "wrong-shape", "pickle-in-final"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_tool_runs_code_from_a_crafted_run_file_and_each_says_so_in_one_line(stopped_run, tmp_path, kind, mpirun):
+    path, sentinel = crafted_copy(stopped_run, tmp_path, kind)
+    commands = {
+        "eval": [gpo_mpi_command(), "eval", str(path), "--episodes", "1"],
+        "export": [gpo_mpi_command(), "export", str(path), "-o", str(tmp_path / "policy.pt")],
+        "plot": [gpo_mpi_command(), "plot", str(path), "-o", str(tmp_path / "plots"), "--figures", "states"],
+        "load_policy": [sys.executable, "-c", "import sys, gpo_mpi\ntry:\n    gpo_mpi.load_policy(sys.argv[1])\n"
+                        "except gpo_mpi.ConfigError as error:\n    sys.exit(f'error: {error}')", str(path)],
+    }
+    for tool, command in commands.items():
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode in (1, 2) and len(errors) == 1, (tool, result.stderr)
+        assert "damaged" in errors[0] or "pickled by an earlier gpo-mpi" in errors[0], (tool, errors[0])
+    started = mpirun(1, [gpo_mpi_command(), *SINGLE, "--init-from", str(path), "--out", str(tmp_path / "new.h5")])
+    resumed = mpirun(1, [gpo_mpi_command(), *SINGLE, "--out", str(path), "--resume"])
+    for what, result in (("--init-from", started), ("--resume", resumed)):
+        errors = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(errors) == 1, (what, result.stderr)
+    assert not sentinel.exists()
+    # what does not read the checkpoint still works on it
+    assert subprocess.run([gpo_mpi_command(), "info", str(path)], capture_output=True, timeout=120).returncode in (0, 2)
+    assert not sentinel.exists()
+
+
+def test_the_old_pickled_checkpoint_is_named_as_such(stopped_run, tmp_path, mpirun):
+    path, sentinel = crafted_copy(stopped_run, tmp_path, "pickled")
+    result = mpirun(1, [gpo_mpi_command(), *SINGLE, "--out", str(path), "--resume"])
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"gpo-mpi: error: cannot resume: the checkpoint in {path} was pickled by an "
+                                      f"earlier gpo-mpi; this version does not read it, because reading pickle can "
+                                      f"run code (docs/checkpoints.md)")
+    assert not sentinel.exists()
+
+
+def test_a_flipped_bit_in_a_final_policy_is_reported_not_used(tmp_path):
+    from test_resume import flip_stored_byte
+    out = tmp_path / "run.h5"
+    made = subprocess.run([gpo_mpi_command(), *SINGLE, "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert subprocess.run([gpo_mpi_command(), "eval", str(out), "--episodes", "1"], capture_output=True,
+                          timeout=300).returncode == 0
+    flip_stored_byte(out, "final/policy_parameters")
+    result = subprocess.run([gpo_mpi_command(), "eval", str(out), "--episodes", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "a checksum does not match" in result.stderr
+
+
+def test_reading_a_run_file_never_unpickles():
+    """No module of the package reads pickle from a file: pickle.loads appears nowhere."""
+    from pathlib import Path
+    import gpo_mpi
+    sources = {path.name: path.read_text() for path in Path(gpo_mpi.__file__).parent.glob("*.py")}
+    assert [name for name, text in sources.items() if "pickle.load" in text] == []
