@@ -27,7 +27,7 @@ import h5py
 
 from . import statefile
 from .config import ConfigError, RunConfig, to_dict
-from .runfile import open_run
+from .runfile import open_run, stored_config
 
 GROUP = "checkpoint"
 
@@ -98,3 +98,17 @@ def read(path: str, config: RunConfig, n_ranks: int) -> tuple[dict, list[dict]]:
         raise ConfigError(f"cannot resume: the checkpoint in {path} is damaged (it holds {len(rank_states)} "
                           f"ranks' states for a run of {n_ranks})")
     return shared, rank_states
+
+
+def kept(path: str) -> str:
+    """What a run file holds to go on from, in words, for the line that ends a failed job."""
+    try:
+        with open_run(path) as run_file:
+            if GROUP not in run_file:
+                return f"{path} holds no checkpoint yet: start the run again"
+            shared = statefile.read(run_file[GROUP], "shared")
+            total = stored_config(run_file).iterations
+            return (f"{path} keeps its checkpoint at iteration {shared['iteration']} of {total}: make room, then "
+                    f"continue with --resume")
+    except (ConfigError, statefile.StateFileError, KeyError, TypeError):
+        return f"{path} could not be read back"

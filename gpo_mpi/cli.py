@@ -111,6 +111,7 @@ EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was ru
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
 EXIT_OUT_OF_SYNC = 5  # ranks found holding different copies of what they share (a bug): nothing more written
+EXIT_WRITE_FAILED = 6  # the run file could not be written (a full disk, say): it keeps its last checkpoint
 
 
 def should_resume(parsed: argparse.Namespace, run_file: str) -> bool:
@@ -174,8 +175,10 @@ def run_tool(tool: str, arguments: list[str]) -> str:
         parsed = parser.parse_args(arguments)
         if parsed.state_steps <= 0:
             raise config.ConfigError(f"--state-steps must be positive, got {parsed.state_steps}")
-        return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
-                                    parsed.format))
+        from .runfile import damage_is_config_error
+        with damage_is_config_error(", ".join(parsed.runs)):  # what is read is also used after it is read
+            return "\n".join(plot.plot(parsed.runs, parsed.out_dir, parsed.figures, parsed.state_steps, parsed.seed,
+                                        parsed.format))
     if tool == "compare":
         from . import compare
 
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parsed = build_parser(quiet=comm.Get_rank() != 0).parse_args(arguments)
 
     from .rollout import NonFiniteError, UnusableEnvironment
+    from .runfile import RunFileWriteError
 
     run_config = None
     try:
@@ -250,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as error:  # one rank's numbers went bad mid-run: end every rank from here
         mpi.abort_with_message(comm, f"gpo-mpi: error on rank {comm.Get_rank()}: {error}; the last checkpoint "
                                      f"in {parsed.out or 'the run file'} is intact", EXIT_NON_FINITE)
+    except RunFileWriteError as error:  # rank 0 alone writes: end every rank from here
+        from .checkpoint import kept
+        mpi.abort_with_message(comm, f"gpo-mpi: error: {error}; {kept(error.path)}", EXIT_WRITE_FAILED)
     except mpi.OutOfSync as error:  # found by a collective check, so every rank is here together
         if comm.Get_rank() == 0:
             print(f"gpo-mpi: error: {error} (a bug in gpo-mpi; please report it); nothing more was written, "

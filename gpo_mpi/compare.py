@@ -32,7 +32,7 @@ import numpy as np
 
 from . import summary as run_summary
 from .config import PRESETS, ConfigError, RunConfig, applies_to, to_dict
-from .runfile import open_run, stored_config
+from .runfile import damage_is_config_error, open_run, stored_config
 
 # What does not make a different variant: the task (its own axis), the seed (what is pooled) and fields
 # that change neither training nor the figure of merit.
@@ -101,19 +101,20 @@ def load(paths: list[str]) -> tuple[list[Run], list[str]]:
             raise ConfigError(f"{path} does not exist")
     runs, notes = [], []
     for path in map(str, files):
-        if path.endswith(".json"):
-            runs.append(from_summary(path, run_summary.read(path)))
-            continue
-        with open_run(path) as run_file:
-            finished = "final" in run_file
-            if not finished:
-                run = _unfinished_run(path, run_file)
-                done = len(run_file["iterations/env_steps"])
-                notes.append(f"{path}: unfinished ({done} of {stored_config(run_file).iterations} iterations): "
-                             f"in the curves up to its last evaluation, not in the scores")
-                runs.append(run)
+        with damage_is_config_error(path):  # a summary's values, too, are checked only as they are used
+            if path.endswith(".json"):
+                runs.append(from_summary(path, run_summary.read(path)))
                 continue
-        runs.append(from_summary(path, run_summary.summarize(path)))
+            with open_run(path) as run_file:
+                finished = "final" in run_file
+                if not finished:
+                    run = _unfinished_run(path, run_file)
+                    done = len(run_file["iterations/env_steps"])
+                    notes.append(f"{path}: unfinished ({done} of {stored_config(run_file).iterations} iterations): "
+                                 f"in the curves up to its last evaluation, not in the scores")
+                    runs.append(run)
+                    continue
+            runs.append(from_summary(path, run_summary.summarize(path)))
     return runs, notes
 
 

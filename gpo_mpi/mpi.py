@@ -12,6 +12,7 @@ called from logging or other code that might run on only some ranks.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
@@ -116,6 +117,7 @@ def abort_with_message(comm: MPI.Comm, message: str, code: int = 1) -> None:
     sys.stderr.flush()
     time.sleep(1.0)
     comm.Abort(code)
+    os._exit(code)  # where Abort returns before the launcher has ended this process, go no further
 
 
 def _check_buffer(array: np.ndarray, name: str) -> None:

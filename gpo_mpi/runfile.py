@@ -92,27 +92,60 @@ def source_commit() -> str:
     return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
-def open_run(path: str, error_prefix: str = "") -> h5py.File:
-    """A gpo-mpi run file, open for reading; ConfigError (one line, after `error_prefix`) for a
-    file that is not readable HDF5 or not a run file. Every reader of run files opens them here."""
+@contextmanager
+def damage_is_config_error(path: str, error_prefix: str = ""):
+    """Inside it, what a damaged or crafted file makes h5py, numpy or json raise is one ConfigError line:
+    every read of a run file goes through here (open_run), so no tool answers such a file with a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OSError as error:  # HDF5 could not read a part: a checksum, a cut, a broken structure
+        raise ConfigError(f"{error_prefix}{path} is damaged: a part cannot be read, a checksum does not match or "
+                          f"the file is cut short ({_first_line(error)})") from None
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, RecursionError) as error:
+        raise ConfigError(f"{error_prefix}{path} is damaged or not from this gpo-mpi ({type(error).__name__}: "
+                          f"{_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+@contextmanager
+def open_run(path: str, error_prefix: str = ""):
+    """A gpo-mpi run file, open for reading, as a context manager; ConfigError (one line, after
+    `error_prefix`) for a file that is not readable HDF5 or not a run file, and for anything that reading
+    a damaged one raises inside the `with`. Every reader of run files opens them here."""
     try:
         run_file = h5py.File(path, "r")
     except OSError as error:
-        raise ConfigError(f"{error_prefix}{path} is not a readable HDF5 file ({error})") from None
-    if run_file.attrs.get("format") != FORMAT:
+        raise ConfigError(f"{error_prefix}{path} is not a readable HDF5 file ({_first_line(error)})") from None
+    try:
+        with damage_is_config_error(path, error_prefix):
+            if run_file.attrs.get("format") != FORMAT:
+                raise ConfigError(f"{error_prefix}{path} is not a gpo-mpi run file")
+            yield run_file
+    finally:
         run_file.close()
-        raise ConfigError(f"{error_prefix}{path} is not a gpo-mpi run file")
-    return run_file
 
 
 def stored_config(run_file: h5py.File) -> RunConfig:
-    """The configuration a run was made with."""
+    """The configuration a run was made with (KeyError, TypeError or ValueError where it is damaged)."""
     fields = json.loads(run_file.attrs["config"])
+    if not isinstance(fields, dict):
+        raise ValueError("the stored configuration is not a mapping")
     return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
 
 def info(path: str) -> str:
     """Config, progress and best member of a run, as text (`gpo-mpi info`: needs neither torch nor MPI)."""
+    with damage_is_config_error(path):  # what is read is also used after the file is closed
+        return _info(path)
+
+
+def _info(path: str) -> str:
     with open_run(path) as run_file:
         config = stored_config(run_file)
         steps = run_file["iterations/env_steps"][()]
@@ -142,6 +175,14 @@ def info(path: str) -> str:
         lines.append(f"best member at the end: {best} (by the last training episodes)")
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in json.loads(json.dumps(config.__dict__)).items()))
     return "\n".join(lines)
+
+
+class RunFileWriteError(Exception):
+    """The run file could not be written; the file on disk is as it was before the write."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
 
 
 class RunFileWriter:
@@ -196,7 +237,7 @@ class RunFileWriter:
                                                 maxshape=(None,) + row_shape, dtype=dtype, chunks=(64,) + row_shape,
                                                 fillvalue=-1 if np.issubdtype(dtype, np.integer) else np.nan)
             return
-        with h5py.File(self.path + ".tmp", "w") as run_file:
+        with self._or_nothing(), h5py.File(self.path + ".tmp", "w") as run_file:
             run_file.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, gpo_mpi_version=__version__,
                                   source_commit=source_commit(), config=json.dumps(to_dict(config)), n_ranks=n_ranks,
                                   collective_kinds=list(collective_kinds))
@@ -208,15 +249,33 @@ class RunFileWriter:
             for name, (row_shape, dtype) in self._growing.items():
                 run_file.create_dataset(name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype,
                                         chunks=(64,) + row_shape)
-        self._replace()
+        with self._or_nothing():
+            self._replace()
 
     @contextmanager
     def _replacing(self):
-        """An open copy of the run file; on leaving, it replaces the original."""
-        shutil.copyfile(self.path, self.path + ".tmp")
-        with h5py.File(self.path + ".tmp", "a") as run_file:
-            yield run_file
-        self._replace()
+        """An open copy of the run file; on leaving, it replaces the original. Where the copy cannot be
+        written (a full disk, an I/O error, a read-only file system), the original is left as it was and
+        RunFileWriteError says why."""
+        with self._or_nothing():
+            shutil.copyfile(self.path, self.path + ".tmp")
+            with h5py.File(self.path + ".tmp", "a") as run_file:
+                yield run_file
+            self._replace()
+
+    @contextmanager
+    def _or_nothing(self):
+        """A write of the run file's copy that either replaces the run file or leaves it untouched (and the
+        copy removed), raising RunFileWriteError."""
+        try:
+            yield
+        except OSError as error:
+            try:
+                os.remove(self.path + ".tmp")
+            except OSError:
+                pass
+            raise RunFileWriteError(f"cannot write {self.path} ({error.strerror or _first_line(error)})",
+                                    self.path) from None
 
     def _replace(self) -> None:
         with open(self.path + ".tmp", "rb") as handle:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, RunConfig
-from .runfile import open_run, stored_config
+from .runfile import damage_is_config_error, open_run, stored_config
 
 FORMAT = "gpo-mpi run summary"
 FORMAT_VERSION = 1
@@ -73,7 +73,12 @@ def task_name(config: RunConfig | dict) -> str:
 
 
 def summarize(path: str, held_out_episodes: int = HELD_OUT_EPISODES) -> dict:
-    """The summary of a finished run file (raises ConfigError for an unfinished one)."""
+    """The summary of a finished run file (raises ConfigError for an unfinished or damaged one)."""
+    with damage_is_config_error(path):
+        return _summarize(path, held_out_episodes)
+
+
+def _summarize(path: str, held_out_episodes: int) -> dict:
     with open_run(path) as run_file:
         config = stored_config(run_file)
         if "final" not in run_file:

@@ -246,8 +246,11 @@ def test_compare_on_the_study_prints_the_table_and_draws_the_figures(study_runs,
 def test_compare_refuses_bad_input_with_one_line(study_runs, tmp_path):
     root, _, _ = study_runs
     (tmp_path / "foreign.json").write_text("[1, 2]")
+    crafted = summary.read(next((root / "results" / "tiny").glob("gpo-*.json")))
+    (tmp_path / "crafted.json").write_text(json.dumps({**crafted, "held_out_return": {"not": "a number"}}))
     for arguments, message in [([str(tmp_path / "missing")], "does not exist"),
                                ([str(tmp_path / "foreign.json")], "is not a gpo-mpi run summary"),
+                               ([str(tmp_path / "crafted.json")], "crafted.json is damaged or not from this gpo-mpi"),
                                ([str(root / "results" / "tiny"), "--label", "nothing"], "--label takes OLD=NEW"),
                                ([str(root / "results" / "tiny"), "--normalize-by", "ppo"], "--normalize-by names no"),
                                ([str(root / "results" / "tiny"), "--reps", "10"], "--reps must be at least 100")]:

@@ -125,3 +125,34 @@ def test_reading_a_run_file_never_unpickles():
     import gpo_mpi
     sources = {path.name: path.read_text() for path in Path(gpo_mpi.__file__).parent.glob("*.py")}
     assert [name for name, text in sources.items() if "pickle.load" in text] == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs, where this machine lets the tests mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.strip() or 'mount failed'})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_ends_the_job_in_one_line_and_the_kept_checkpoint_resumes_exactly(small_disk, tmp_path, mpirun):
+    from test_resume import RESUMABLE, assert_same_run, run_file_contents
+    whole = tmp_path / "whole.h5"
+    assert mpirun(2, [gpo_mpi_command(), *RESUMABLE, "--out", str(whole)], timeout=300).returncode == 0
+    out = small_disk / "run.h5"
+    full = mpirun(2, ["fill_disk.py", "4", *RESUMABLE, "--out", str(out)], timeout=300)  # iteration 4's fails
+    # MPICH adds a line of its own for MPI_Abort ("Abort(6) on node 0 ..."); gpo-mpi's is the one before it
+    errors = [line for line in full.stderr.splitlines() if line.strip() and not line.startswith("Abort(6)")]
+    assert full.returncode == 6 and len(errors) == 1, full.stderr
+    assert errors[0] == (f"gpo-mpi: error: cannot write {out} (No space left on device); {out} keeps its "
+                         f"checkpoint at iteration 3 of 9: make room, then continue with --resume"), errors[0]
+    assert not (small_disk / "run.h5.tmp").exists()
+    (small_disk / "run.h5.filler").unlink()
+    resumed = mpirun(2, [gpo_mpi_command(), *RESUMABLE, "--out", str(out), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(out), run_file_contents(whole))
