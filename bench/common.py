@@ -119,29 +119,23 @@ def _summarize_run_file(path: Path) -> dict:
                 eval_mean=float(eval_means.mean()) if eval_means is not None else np.nan)
 
 
-HELD_OUT_SEED = 1_000_000  # far from every seed a run's training and final evaluation use
-
-
 def held_out_return(path: Path, episodes: int = 10) -> float:
     """The run's best member's mean return over `episodes` fresh episodes with the mean
-    action, on seeds its final evaluation did not see: picking the best of several
-    members by one evaluation and reporting that same evaluation flatters
-    populations (the best of 8 noisy numbers); this does not. Kept in the run's summary."""
-    summary = summarize(path)
+    action, on seeds its final evaluation did not see (gpo_mpi.summary.held_out_return,
+    which `gpo-mpi compare` uses too). Kept in the run's summary."""
+    summarize(path)  # writes the summary where it is missing
     target = summary_file(path)
     stored = json.loads(target.read_text())
     if stored.get("held_out", {}).get("episodes") == episodes:
         return stored["held_out"]["return"]
-    from gpo_mpi.evaluate import episode_returns
-    from gpo_mpi.rollout import EnvSpec
+    from gpo_mpi.summary import held_out_return as evaluate_held_out
     from gpo_mpi.tools import read_member
 
-    run, best = read_member(str(path), None)
-    returns = episode_returns(run.policies[best], run.normalizer, EnvSpec.of(run.config), episodes,
-                              HELD_OUT_SEED + summary["config"]["seed"], deterministic=True)
-    stored["held_out"] = {"episodes": episodes, "return": float(returns.mean())}
+    _, best = read_member(str(path), None)
+    value = evaluate_held_out(str(path), best, episodes)
+    stored["held_out"] = {"episodes": episodes, "return": value}
     target.write_text(json.dumps(stored, separators=(",", ":")) + "\n")
-    return float(returns.mean())
+    return value
 
 
 def command_line(config: dict, n_ranks: int) -> str:

@@ -22,6 +22,11 @@ effective sample size, children against parents), docs/ablation.md/.csv and
 docs/ablation.png; with --full, docs/reproduce-full.md/.csv.
 
 On a cluster: `jobs/compare.sbatch` and `jobs/ablation.sbatch` (8 ranks per run).
+
+With many seeds and the field's statistics (IQM, bootstrap intervals, the
+probability of improvement), the same table is `bench/plans/table1.toml`:
+`python bench/study.py bench/plans/table1.toml`, then
+`gpo-mpi compare bench/results/table1`.
 """
 from __future__ import annotations
 
