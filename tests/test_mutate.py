@@ -336,3 +336,23 @@ def test_a_members_state_loads_into_a_fresh_member_and_it_goes_on_identically(tm
     assert restored.beta == trained.beta
     with pytest.raises(ConfigError, match="checkpoint holds member 2 where member 3 was expected"):
         Member.create(3, 3, 1, CONFIG, seed=5).load_state(trained.state())
+
+
+def test_the_truncated_weights_scale_each_foreign_rows_part_of_the_policy_gradient():
+    """A foreign row of weight 0 drops out of the update exactly as a row of advantage 0 does, and the weights
+    the cap gives change the update: the weights reach the loss, not only the effective sample size."""
+    torch.manual_seed(6)
+    config = dataclasses.replace(CONFIG, share_ratio_cap=1.0)
+    learner = Member.create(0, 3, 1, config, seed=6)
+    own_batch, foreign_batch = sampled_batch(learner.policy, seed=0), sampled_batch(GaussianPolicy(3, 1), seed=1)
+    pooled = pool_batches(learner, [foreign_batch, own_batch], own_index=1, config=config)
+    assert 0.0 < pooled.weights[~pooled.own].min() < 1.0  # truncation and weighting are both exercised
+    weightless = dataclasses.replace(pooled, weights=torch.where(pooled.own, 1.0, 0.0))
+    no_advantage = dataclasses.replace(pooled, advantages=torch.where(pooled.own, pooled.advantages, 0.0))
+    trained = {}
+    for name, data in (("weights", pooled), ("weightless", weightless), ("no advantage", no_advantage)):
+        member = Member.create(0, 3, 1, config, seed=6)
+        update(member, data, config)
+        trained[name] = torch.cat([p.detach().reshape(-1) for p in member.policy.parameters()])
+    torch.testing.assert_close(trained["weightless"], trained["no advantage"], rtol=0, atol=0)
+    assert not torch.equal(trained["weights"], trained["weightless"])
