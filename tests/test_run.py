@@ -504,3 +504,26 @@ def test_a_user_environment_class_trains(mpirun, tmp_path):
     assert evaluation.returncode == 0, evaluation.stderr
     assert "on user_envs:ReachTarget, 2 episodes" in evaluation.stdout
 
+
+
+def test_each_child_starts_from_the_parent_the_record_names_fitter(mpirun, tmp_path):
+    """The fitter parent's policy is what each child holds when crossover starts (child_init fitter), for the
+    parent the run file records as fitter: a child started from the other parent fails this."""
+    import json
+    out = tmp_path / "gpo.h5"
+    result = mpirun(2, ["record_children.py", str(tmp_path), *TINY, *TINY_GPO, "--out", str(out)], timeout=240)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for path in sorted(tmp_path.glob("children-*.jsonl"))
+               for line in path.read_text().splitlines()]
+    run = read_run(out)
+    pairs, fitter = run["breeding/parent_pairs"], run["breeding/fitter_parent"]
+    assert len(records) == pairs.shape[0] * pairs.shape[1] == 8  # 2 breedings of 4 children
+    seen = {}
+    for record in records:
+        member = record["member"]
+        round_index = seen[member] = seen.get(member, -1) + 1  # a member's records come round by round
+        pair = list(pairs[round_index, member])
+        assert record["fitter"] == pair.index(fitter[round_index, member])
+        parents = [np.array(parameters) for parameters in record["parents"]]
+        assert not np.array_equal(parents[0], parents[1])
+        np.testing.assert_array_equal(np.array(record["child"]), parents[record["fitter"]])
