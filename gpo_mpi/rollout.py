@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from . import snapshot
+from . import snapshot, statefile
 from .networks import GaussianPolicy
 
 
@@ -280,8 +280,10 @@ class Sampler:
 
     @property
     def capturable(self) -> bool:
-        """Whether `state` can hold the environments (see gpo_mpi.snapshot)."""
-        return all(snapshot.capturable(env) for env in self.envs.envs)
+        """Whether `state` can hold the environments (see gpo_mpi.snapshot): each of a kind the snapshot
+        knows, and a user's own state what a checkpoint stores without pickle (numbers, strings, arrays,
+        lists, dicts; checked once the environments have been reset)."""
+        return all(snapshot.capturable(env) and statefile.storable(snapshot.capture(env)) for env in self.envs.envs)
 
     def state(self, with_environments: bool) -> dict:
         """What a checkpoint keeps: the episode record and, `with_environments`, everything

@@ -345,7 +345,7 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_one(tmp_path, monkeypa
     config = RunConfig(env="Pendulum-v1", population=2, out=str(tmp_path / "r.h5"))
     writer = runfile.RunFileWriter(config.out, config, n_ranks=1)
     writer.append(iterations__env_steps=100)
-    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [b"first"]))
+    writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 1}, [{"rank": "first"}]))
     before = (tmp_path / "r.h5").read_bytes()
 
     def killed_before_rename(source, target):
@@ -353,10 +353,10 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_one(tmp_path, monkeypa
     monkeypatch.setattr(runfile.os, "replace", killed_before_rename)
     writer.append(iterations__env_steps=200)
     with pytest.raises(KeyboardInterrupt):
-        writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 2}, [b"second"]))
+        writer.commit(lambda run_file: checkpoint.write_group(run_file, {"iteration": 2}, [{"rank": "second"}]))
     assert (tmp_path / "r.h5").read_bytes() == before
     shared, ranks = checkpoint.read(config.out, config, n_ranks=1)
-    assert shared == {"iteration": 1} and ranks == [b"first"]
+    assert shared == {"iteration": 1} and ranks == [{"rank": "first"}]
     with h5py.File(config.out) as run_file:
         np.testing.assert_array_equal(run_file["iterations/env_steps"][()], [100])
 
