@@ -86,7 +86,7 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     parser = _RankZeroParser(
         quiet=quiet,
         prog="gpo-mpi",
-        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot} RUN.h5 [options]",
+        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot,compare} RUN.h5 [options]",
         description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
         "Run it under `mpiexec -n N` for N ranks; members are spread evenly over the ranks.",
     )
@@ -182,7 +182,7 @@ def run_tool(tool: str, arguments: list[str]) -> str:
     if tool == "compare":
         from . import compare
 
-        parser.description = ("Variants over many seeds, with IQM, 95%% stratified-bootstrap intervals and the "
+        parser.description = ("Variants over many seeds, with IQM, 95% stratified-bootstrap intervals and the "
                               "probability of improvement (docs/run-file.md, 'Comparing runs').")
         parser.add_argument("runs", metavar="RUN", nargs="+",
                             help="run files (.h5), their summaries (.json, bench/study.py), or folders of them")
@@ -225,7 +225,7 @@ def run_tool(tool: str, arguments: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console command: a tool (`info`, `eval`, `export`, `plot`) or a training run on every
+    """The console command: a tool (`info`, `eval`, `export`, `plot`, `compare`) or a training run on every
     rank; returns the exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] and arguments[0] in TOOLS:

@@ -31,7 +31,7 @@ def test_version_reports_backends_and_one_torch_thread():
 def test_help():
     result = subprocess.run([gpo_mpi_command(), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    assert result.stdout.startswith("usage: mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot}")
+    assert result.stdout.startswith("usage: mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot,compare}")
     assert "--total-steps" in result.stdout and "--share-epsilon" in result.stdout
 
 
