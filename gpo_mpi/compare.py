@@ -24,6 +24,7 @@ Fewer than 5 seeds in a cell is screening, and the table says so.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -56,6 +57,8 @@ class Run:
     wall_time: float
     commit: str
     finished: bool = True
+    load: float = float("nan")  # the machine's mean load average while the study ran it (summaries only)
+    cores: int = 0
 
 
 def _array(values) -> np.ndarray:
@@ -68,10 +71,12 @@ def _best_member_curve(means: list) -> np.ndarray:
 
 
 def from_summary(path: str, stored: dict) -> Run:
+    study = stored.get("study", {})
     return Run(path, stored["task"], int(stored["seed"]), stored["config"], float(stored["held_out_return"]),
                float(stored["members_mean_return"]), _array(stored["evaluation_steps"]),
                _best_member_curve(stored["evaluation_means"]), float(stored["wall_time"]),
-               str(stored.get("source_commit", "?")))
+               str(stored.get("source_commit", "?")), load=float(study.get("load_average_mean", float("nan"))),
+               cores=int(study.get("cores", 0)))
 
 
 def _unfinished_run(path: str, run_file) -> Run:
@@ -278,7 +283,10 @@ def _finished(runs: list[Run]) -> list[Run]:
     return [run for run in runs if run.finished]
 
 
-def _interval_text(point: float, low: float, high: float, digits: int) -> str:
+def _interval_text(point: float, low: float, high: float, digits: int, runs: int = 2) -> str:
+    """'point [low, high]'; from one run a bootstrap has nothing to resample, so no interval."""
+    if runs < 2:
+        return f"{point:.{digits}f} (1 seed: no interval)"
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
@@ -305,6 +313,8 @@ def compare(variants: list[Variant], reference: str | None = None, reps: int = 2
                 n=len(runs), seeds=[run.seed for run in runs], held_out=points["held_out"],
                 held_out_ci=intervals["held_out"], members=points["members"], members_ci=intervals["members"],
                 wall_minutes=float(np.nanmean([run.wall_time for run in runs])) / 60,
+                load=max((run.load for run in runs if math.isfinite(run.load)), default=float("nan")),
+                cores=max(run.cores for run in runs),
                 commits=sorted({run.commit for run in runs}))
 
     # Across tasks: as many runs per task for every variant (the lowest seeds where a variant has more).
@@ -374,7 +384,7 @@ def _curves(variants, tasks, reference_mean, complete, aggregate_runs, reps, see
 # ------------------------------------------------------------------ output
 def per_task_rows(result: Comparison) -> tuple[list[str], list[list]]:
     header = ["task", "variant", "seeds", "held-out IQM [95% CI]", "held-out mean [95% CI]",
-              "held-out median [95% CI]", "members' mean, IQM [95% CI]", "wall time (min)", "evidence"]
+              "held-out median [95% CI]", "members' mean, IQM [95% CI]", "wall time (min)", "load", "evidence"]
     rows = []
     for task in result.tasks:
         for variant in result.variants:
@@ -382,11 +392,15 @@ def per_task_rows(result: Comparison) -> tuple[list[str], list[list]]:
             if cell is None:
                 continue
             held, ci, members, members_ci = cell["held_out"], cell["held_out_ci"], cell["members"], cell["members_ci"]
-            rows.append([task, variant.label, f"{cell['n']} ({','.join(map(str, cell['seeds']))})",
-                         _interval_text(held[2], ci[0][2], ci[1][2], 0), _interval_text(held[0], ci[0][0], ci[1][0], 0),
-                         _interval_text(held[1], ci[0][1], ci[1][1], 0),
-                         _interval_text(members[2], members_ci[0][2], members_ci[1][2], 0),
-                         f"{cell['wall_minutes']:.1f}", "screening" if cell["n"] < SCREENING_BELOW else "claim"])
+            n = cell["n"]
+            rows.append([task, variant.label, f"{n} ({','.join(map(str, cell['seeds']))})",
+                         _interval_text(held[2], ci[0][2], ci[1][2], 0, n),
+                         _interval_text(held[0], ci[0][0], ci[1][0], 0, n),
+                         _interval_text(held[1], ci[0][1], ci[1][1], 0, n),
+                         _interval_text(members[2], members_ci[0][2], members_ci[1][2], 0, n),
+                         f"{cell['wall_minutes']:.1f}",
+                         f"{cell['load']:.1f} on {cell['cores']}" if math.isfinite(cell["load"]) else "",
+                         "screening" if cell["n"] < SCREENING_BELOW else "claim"])
     return header, rows
 
 
@@ -400,18 +414,21 @@ def markdown(result: Comparison, skipped: list[str]) -> str:
         text += [f"## Across tasks: held-out return / {result.reference}'s mean on the task "
                  f"({result.aggregate_runs} seeds per task)", "",
                  table(["variant", "IQM [95% CI]", "median [95% CI]", "mean [95% CI]"],
-                       [[label, *(_interval_text(cell["point"][i], cell["ci"][0][i], cell["ci"][1][i], 2)
+                       [[label, *(_interval_text(cell["point"][i], cell["ci"][0][i], cell["ci"][1][i], 2,
+                                                 result.aggregate_runs)
                                   for i in (2, 1, 0))] for label, cell in result.aggregate.items()]), ""]
     if result.improvement:
         text += ["## Probability of improvement P(X > Y), averaged over tasks", "",
                  table(["X", "Y", "P(X > Y) [95% CI]"],
-                       [[x, y, _interval_text(p, low, high, 2)] for (x, y), (p, low, high)
+                       [[x, y, _interval_text(p, low, high, 2, result.aggregate_runs)] for (x, y), (p, low, high)
                         in result.improvement.items()]), ""]
     commits = sorted({commit for cell in result.per_task.values() for commit in cell["commits"]})
     text += [f"Held-out return: the best member (by the final evaluation; Joint: its policy) on "
              f"{run_summary.HELD_OUT_EPISODES} fresh episodes with the mean action. IQM: mean of the middle half "
              f"of the seeds. 95% stratified-bootstrap intervals (rliable). Fewer than {SCREENING_BELOW} seeds: "
-             f"screening, not evidence. Source commits: {', '.join(commits)}."]
+             f"screening, not evidence. Wall time: the mean over seeds; load: the highest of the runs' mean load "
+             f"averages while the study ran them, on that many cores (above the cores' count, other work shared "
+             f"the machine and the wall times are slower than alone). Source commits: {', '.join(commits)}."]
     for variant in result.variants:
         text.append(f"- {variant.label}: {_describe(variant.config)}")
     text += [f"- {note}" for note in result.notes + skipped]
