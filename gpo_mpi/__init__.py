@@ -25,7 +25,7 @@ Where each part of the paper lives:
 """
 __version__ = "0.1.0"
 
-from .config import ConfigError  # noqa: E402  what every function here raises for bad input, in one line
+from .config import ConfigError as ConfigError  # noqa: E402  what every function here raises for bad input
 
 
 def train(run_config=None, **options) -> str:
