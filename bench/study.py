@@ -203,7 +203,7 @@ def main() -> None:
         time.sleep(5 if any(item.process for item in running) else 0)
         for item in running:
             item.beside = max(item.beside, len(running) - 1)
-            if int(time.monotonic() - item.started) % 30 < 5:
+            if len(item.loads) * 30 <= time.monotonic() - item.started:  # one sample per 30 s of the run
                 item.loads.append(os.getloadavg()[0])
         for item in [item for item in running if item.process is None or item.process.poll() is not None]:
             running.remove(item)
