@@ -338,6 +338,30 @@ def test_a_members_state_loads_into_a_fresh_member_and_it_goes_on_identically(tm
         Member.create(3, 3, 1, CONFIG, seed=5).load_state(trained.state())
 
 
+def test_a_members_minibatch_generator_round_trips_and_decides_the_next_update(tmp_path):
+    """At the defaults' full batch a member's generator still draws which foreign rows an epoch uses (share_rows
+    below the foreign rows); restored from its stored state it draws the same rows, and a member restored with
+    everything but its generator (a fresh one from another seed) updates differently."""
+    from conftest import stored_and_read
+    config = dataclasses.replace(CONFIG, share_rows=16, policy_epochs=3, critic_epochs=3)
+    own_batch, foreign_batch = sampled_batch(GaussianPolicy(3, 1), seed=3), sampled_batch(GaussianPolicy(3, 1), seed=4)
+
+    def next_update(member):
+        update(member, pool_batches(member, [foreign_batch, own_batch], own_index=1, config=config), config)
+        return torch.cat([p.detach().flatten() for p in [*member.policy.parameters(), *member.critic.parameters()]])
+
+    trained = Member.create(2, 3, 1, config, seed=5)
+    next_update(trained)  # the generator has drawn: its state is no longer the seed's
+    stored = stored_and_read(trained.state(), tmp_path)
+    restored, without_generator = Member.create(2, 3, 1, config, seed=99), Member.create(2, 3, 1, config, seed=99)
+    restored.load_state(stored)
+    without_generator.load_state(stored)
+    without_generator.generator = torch.Generator().manual_seed(99)
+    expected = next_update(trained)
+    torch.testing.assert_close(next_update(restored), expected, rtol=0, atol=0)
+    assert not torch.equal(next_update(without_generator), expected)
+
+
 def test_the_truncated_weights_scale_each_foreign_rows_part_of_the_policy_gradient():
     """A foreign row of weight 0 drops out of the update exactly as a row of advantage 0 does, and the weights
     the cap gives change the update: the weights reach the loss, not only the effective sample size."""
