@@ -457,19 +457,23 @@ def test_kl_heatmaps_are_log_scaled_and_show_the_share_sets(gpo_run, two_member_
     import h5py
     from matplotlib.colors import LogNorm
     from gpo_mpi import plot
-    from gpo_mpi.mutate import share_sets
     from gpo_mpi.runfile import open_run, stored_config
     for run in (gpo_run, two_member_runs["gpo"]):
         with open_run(str(run)) as run_file:
             config, kl = stored_config(run_file), run_file["rounds/kl_matrix"][()]
+            set_sizes = run_file["rounds/share_set_sizes"][()]  # what training used, recorded apart
         figure = plot.kl_heatmaps(str(run))
         panels = [ax for ax in figure.axes if ax.images]
         assert len(panels) == len(kl) and all(isinstance(ax.images[0].norm, LogNorm) for ax in panels)
-        for ax, matrix in zip(panels, kl):
-            expected = sorted((j, i) for i, chosen in enumerate(share_sets(matrix, config.share_epsilon,
-                                                                           config.share_max)) for j in chosen if j != i)
+        for ax, matrix, sizes in zip(panels, kl, set_sizes):
+            # the rule by hand: the share_max nearest others (ties to the lower index) under share_epsilon
+            expected = []
+            for i, row in enumerate(matrix):
+                near = sorted((row[j], j) for j in range(len(row)) if j != i and row[j] < config.share_epsilon)
+                expected += [(j, i) for _, j in near[:config.share_max or None]]
             dots = sorted(tuple(map(int, point)) for c in ax.collections for point in c.get_offsets())
-            assert dots == expected
+            assert dots == sorted(expected)
+            assert np.bincount([i for _, i in dots], minlength=len(matrix)).tolist() == (sizes - 1).tolist()
             assert list(ax.get_xticks()) == list(range(len(matrix)))  # whole slots only, also at m = 2
     result = tool("plot", two_member_runs["gpo"], "-o", tmp_path, "--figures", "kl", "family", "--format", "svg")
     assert result.returncode == 0, result.stderr
