@@ -70,6 +70,7 @@ def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=la
         if round_index < config.n_rounds - 1:
             jobs = population.select(round_index)
             population.crossover(jobs, round_index)
+            population.agree_on_stop()  # a signal during breeding stops at the checkpoint that follows it
         population.record_round(round_index)
         if round_index < config.n_rounds - 1:
             population.checkpoint(round_index + 1, 0)
@@ -242,6 +243,10 @@ class Population:
         return True
 
     # --------------------------------------------------------- checkpoints
+    def agree_on_stop(self) -> None:
+        """Whether any rank got a stop signal, agreed by all (in mutate it rides on the statistics' Allreduce)."""
+        self.stop_agreed = self._mpi(mpi.allreduce_sum, np.array([float(self.stop_requested)]))[0] > 0
+
     def restart_samplers(self, slots: list[LocalMember] | None = None) -> None:
         """New episodes in these slots' environments (default: all), seeded by slot and iteration: for
         a newborn child, and at checkpoints where the environments cannot be snapshotted."""

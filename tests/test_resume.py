@@ -79,16 +79,17 @@ def stop(mpirun, n_ranks, out, signalled_rank, signal_at, resume=False):
 
 
 # A signal after iteration k is noticed after iteration k + 1; one in a round's last iteration or
-# during breeding waits for the checkpoint after breeding.
+# during breeding stops at the checkpoint after breeding (13 iterations a round).
 @pytest.mark.parametrize("n_ranks, signalled_rank, signal_at, stopped_after", [
     (2, 1, 0, 1),  # during start-up
     (2, 1, 4, 5),  # mid-round
     (2, 0, 10, 11),  # just after the scheduled checkpoint of iteration 10
     (2, 1, 12, 13),  # a round's last iteration: stops after breeding
-    (2, 0, "c", 14),  # during breeding: noticed in the next round's first iteration
+    (2, 0, "c", 13),  # during breeding
     (2, 1, 30, 31),  # the last round
     (4, 3, 4, 5),
-    (4, 1, "c", 14),
+    (4, 1, "c", 13),
+    (4, 2, 30, 31),
 ])
 def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterrupted, n_ranks, signalled_rank,
                                                       signal_at, stopped_after):
@@ -295,32 +296,39 @@ def rank_pids(out) -> dict[int, int]:
     return ranks
 
 
-def test_the_writing_rank_killed_at_random_moments_leaves_a_run_that_resumes_exactly(tmp_path):
-    """Rank 0 writes the run file at every iteration (copy, write, rename); SIGKILL at random moments,
+@pytest.mark.parametrize("checkpoint_every", [10, 1])
+def test_the_writing_rank_killed_at_random_moments_leaves_a_run_that_resumes_exactly(tmp_path, uninterrupted,
+                                                                                       checkpoint_every):
+    """Rank 0 writes the run file at every checkpoint (copy, write, rename); SIGKILL at random moments,
     3 times: each time the file is readable with its checkpoint, and the resumed run ends exactly as
-    the uninterrupted one."""
+    the uninterrupted one. At the default checkpoint_every (10) the kills fall between checkpoints (after
+    iterations 11-12, 14-22 and 27-35 of the 39; checkpoints after 10, 13, 23, 26, 36), so the iterations
+    since the last one are run again; at 1, a kill often falls in the middle of a write."""
+    import re
     import signal
     import subprocess
-    import time
     from conftest import find_mpiexec
     from gpo_mpi import checkpoint
     from gpo_mpi.config import RunConfig
-    arguments = [*OFF_GRID, "--checkpoint-every", "1"]
-    whole = run_whole_with(arguments, tmp_path / "whole.h5")
+    arguments = [*OFF_GRID, "--checkpoint-every", str(checkpoint_every)]
+    whole = uninterrupted[2] if checkpoint_every == 10 else run_whole_with(arguments, tmp_path / "whole.h5")
     out = tmp_path / "killed.h5"
     rng = np.random.default_rng(7)
     rows_before = 0
+    between_checkpoints = [range(11, 13), range(14, 23), range(27, 36)]
     for kill in range(3):
+        # every 1: 1 to 8 iterations on; every 10: an iteration between two checkpoints; then a random moment
+        # of the next iteration, which spends much of its time writing at every 1
+        kill_after = (rows_before + int(rng.integers(1, 9)) if checkpoint_every == 1
+                      else int(rng.choice(between_checkpoints[kill])))
         job = subprocess.Popen([find_mpiexec(), "-n", "2", gpo_mpi_command(), *arguments, "--out", str(out),
                                 *(["--resume"] if kill else [])],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
-            # a random moment 1 to 8 iterations on (of 43 in all, so 3 kills never reach the end at any
-            # speed); within an iteration the run spends much of its time writing
-            kill_after = rows_before + int(rng.integers(1, 9))
-            deadline = time.monotonic() + 60
-            while run_file_rows(out) < kill_after and time.monotonic() < deadline:
-                time.sleep(0.01)
+            for line in job.stdout:  # rank 0 prints (and flushes) a line at the end of each iteration
+                done = re.match(r"iter +(\d+)/", line)
+                if done and int(done.group(1)) >= kill_after:
+                    break
             time.sleep(rng.uniform(0.0, 0.05))
             os.kill(rank_pids(out)[0], signal.SIGKILL)
             job.wait(timeout=60)

@@ -503,12 +503,15 @@ def test_a_user_environment_class_trains(mpirun, tmp_path):
 
 
 
-def test_each_child_starts_from_the_parent_the_record_names_fitter(mpirun, tmp_path):
+@pytest.mark.parametrize("n_ranks, components", [(1, "CSM"), (2, "CSM"), (2, "SM")])
+def test_each_child_starts_from_the_parent_the_record_names_fitter(mpirun, tmp_path, n_ranks, components):
     """The fitter parent's policy is what each child holds when crossover starts (child_init fitter), for the
-    parent the run file records as fitter: a child started from the other parent fails this."""
+    parent the run file records as fitter, and what a copy (no C) leaves it with: a child started from the
+    other parent fails this."""
     import json
     out = tmp_path / "gpo.h5"
-    result = mpirun(2, ["record_children.py", str(tmp_path), *TINY, *TINY_GPO, "--out", str(out)], timeout=240)
+    result = mpirun(n_ranks, ["record_children.py", str(tmp_path), *TINY, *TINY_GPO, "--components", components,
+                              "--out", str(out)], timeout=240)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for path in sorted(tmp_path.glob("children-*.jsonl"))
                for line in path.read_text().splitlines()]
@@ -524,3 +527,76 @@ def test_each_child_starts_from_the_parent_the_record_names_fitter(mpirun, tmp_p
         parents = [np.array(parameters) for parameters in record["parents"]]
         assert not np.array_equal(parents[0], parents[1])
         np.testing.assert_array_equal(np.array(record["child"]), parents[record["fitter"]])
+        assert record["operator"] == ("state" if "C" in components else "copy")
+        if record["operator"] == "copy":
+            np.testing.assert_array_equal(np.array(record["child_after"]), parents[record["fitter"]])
+        else:  # DAgger moved it
+            assert not np.array_equal(np.array(record["child_after"]), parents[record["fitter"]])
+
+
+# The defaults' path: full-batch epochs (minibatch 0) on each member's pooled rows, with share_rows (32 here) drawn
+# afresh at every epoch out of the 192 foreign rows (share_epsilon inf: everyone shares), across breedings.
+FULL_BATCH = [a for a in TINY if a not in ("--minibatch", "128")]
+DEFAULTS_PATH = [*FULL_BATCH, "--population", "4", "--share-rows", "32", "--expert-steps", "64",
+                 "--dagger-iterations", "2", "--dagger-steps", "32", "--selector-epochs", "2", "--dagger-epochs", "2"]
+
+
+def test_gpo_at_full_batch_with_share_rows_draws_matches_one_process(mpirun, tmp_path):
+    """2 rounds of 2 iterations at full batch, foreign rows drawn at every epoch, a breeding between: the same
+    run, bit for bit, on 1, 2 and 4 ranks."""
+    from test_resume import assert_same_run, run_file_contents  # (test_resume imports this module)
+    arguments = [*DEFAULTS_PATH, "--rounds", "2", "--total-steps", str(4 * 256 + 4 * 128)]
+    assert "--minibatch" not in arguments
+    runs = {}
+    for n_ranks in (1, 2, 4):
+        result = mpirun(n_ranks, [gpo_mpi_command(), *arguments, "--out", str(tmp_path / f"{n_ranks}.h5")],
+                        timeout=300)
+        assert result.returncode == 0, result.stderr
+        runs[n_ranks] = run_file_contents(tmp_path / f"{n_ranks}.h5")
+    one = runs[1]
+    np.testing.assert_array_equal(one["iterations/env_steps"], [256, 512, 512 + 512 + 256, 1536])
+    np.testing.assert_array_equal(one["iterations/share_set_size"], 4)  # 3 x 64 foreign rows, 32 drawn
+    assert one["breeding/child_return"].shape == (1, 4)
+    for n_ranks in (2, 4):
+        assert_same_run(runs[n_ranks], one)
+
+
+def test_elites_at_normal_learning_rates_keep_their_whole_state_through_breeding_and_resume_exactly(mpirun,
+                                                                                                   tmp_path):
+    """--elites 1 at the default learning rates: across each breeding the elite's policy, critic, both Adam
+    states, penalty weight and generator are what they were, the children are new; and the run stopped during
+    the first breeding and again mid-round ends bit for bit as the uninterrupted one (2 ranks)."""
+    import json
+    from test_resume import assert_same_run, run_file_contents
+    arguments = [*DEFAULTS_PATH, "--rounds", "3", "--elites", "1", "--total-steps", str(9 * 256 + 2 * 3 * 128)]
+    whole = tmp_path / "whole.h5"
+    result = mpirun(2, ["record_breeding.py", str(tmp_path), *arguments, "--out", str(whole)], timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = {}
+    for path in tmp_path.glob("breeding-*.jsonl"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            records[record.pop("round"), record.pop("member"), record.pop("moment")] = record
+    assert len(records) == 2 * 4 * 2  # 2 breedings, 4 slots, before and after
+    run = read_run(whole)
+    pairs, fitter = run["breeding/parent_pairs"], run["breeding/fitter_parent"]
+    for round_index in (0, 1):
+        [elite] = [slot for slot in range(4) if pairs[round_index, slot].tolist() == [slot, slot]]
+        assert elite == np.argmax(run["breeding/member_return_before"][round_index])
+        assert fitter[round_index, elite] == elite
+        for slot in range(4):
+            before, after = records[round_index, slot, "before"], records[round_index, slot, "after"]
+            if slot == elite:
+                assert before == after, [k for k in before if before[k] != after[k]]
+            else:  # a child: new networks, a fresh optimizer and generator
+                assert before["policy"] != after["policy"] and before["generator"] != after["generator"]
+        assert records[round_index, elite, "before"]["policy_adam"][0] >= 3 * 10  # Adam's steps: 10 an iteration
+    stopped = tmp_path / "stopped.h5"
+    for signal_at, resume, stopped_after in (("c", [], 3), ("4", ["--resume"], 5)):
+        result = mpirun(2, ["interrupt.py", "1", signal_at, *arguments, "--out", str(stopped), *resume], timeout=300)
+        assert result.returncode == 3, result.stderr
+        with h5py.File(stopped) as run_file:
+            assert len(run_file["iterations/env_steps"]) == stopped_after
+    resumed = mpirun(2, [gpo_mpi_command(), *arguments, "--out", str(stopped), "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run_file_contents(stopped), run_file_contents(whole))
