@@ -79,3 +79,43 @@ def test_elites_keep_their_slots_and_the_others_take_the_pairs_in_order():
     np.testing.assert_array_equal(jobs, [[1, 4, 1], [1, 1, 1], [3, 0, 3], [3, 3, 3], [4, 4, 4]])
     no_elites = select.breeding_jobs(np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]]), returns, 0)
     np.testing.assert_array_equal(no_elites[:, 2], [1, 1, 3, 4, 4])  # the member without episodes is never fitter
+
+
+def test_mixed_fitness_is_each_part_min_max_normalized_over_the_couples_by_hand():
+    returns = np.array([0.0, 1.0, 3.0])  # couples' sums 1, 3, 4: (sum - 1) / 3
+    kl = np.array([[0.0, 0.02, 0.05], [0.03, 0.0, 0.01], [0.04, 0.06, 0.0]])  # a span under 1: (kl - 0.01) / 0.05
+    performance = np.array([[np.nan, 0.0, 2 / 3], [0.0, np.nan, 1.0], [2 / 3, 1.0, np.nan]])
+    diversity = np.array([[np.nan, 0.2, 0.8], [0.4, np.nan, 0.0], [0.6, 1.0, np.nan]])
+    off_diagonal = ~np.eye(3, dtype=bool)
+    for weight in (0.0, 0.3, 1.0):
+        mixed = select.mixed_fitness(returns, kl, weight)
+        assert mixed.shape == (3, 3)
+        np.testing.assert_allclose(mixed[off_diagonal], ((1 - weight) * performance + weight * diversity)[off_diagonal])
+
+
+def test_equal_returns_and_equal_divergences_give_a_fitness_of_zeros():
+    """Nothing to tell the couples apart: every couple's fitness is 0 (not 0 / 0), and the first couples breed."""
+    fitness = select.mixed_fitness(np.full(4, 7.0), np.where(np.eye(4, dtype=bool), 0.0, 0.5), 0.5)
+    np.testing.assert_array_equal(fitness, np.zeros((4, 4)))
+    np.testing.assert_array_equal(select.fittest_pairs(fitness, 2), [[0, 1], [0, 2]])
+
+
+def test_the_diversity_schedule_reaches_its_end_at_the_last_of_two_breedings():
+    assert [select.diversity_weight(r, 2, 1.0, 0.25) for r in range(2)] == [1.0, 0.25]
+
+
+def test_elite_ties_go_to_the_lower_index_in_a_large_population():
+    """64 members in 4 tied groups (numpy's default sort is not stable beyond 16 elements)."""
+    returns = np.repeat([3.0, 1.0, 4.0, 2.0], 16)[np.random.default_rng(0).permutation(64)]
+    best = np.flatnonzero(returns == 4.0)
+    np.testing.assert_array_equal(select.elite_members(returns, 10), best[:10])
+    np.testing.assert_array_equal(select.elite_members(returns, 20), [*best, *np.flatnonzero(returns == 3.0)[:4]])
+
+
+def test_random_pairs_draw_every_ordered_couple():
+    """Each pair's second member is drawn afresh: all 12 ordered couples of 4 members turn up, and of 2 members both."""
+    pairs = select.random_pairs(4, 2000, np.random.default_rng(3))
+    counts = np.zeros((4, 4), dtype=int)
+    np.add.at(counts, (pairs[:, 0], pairs[:, 1]), 1)
+    assert np.all(counts[~np.eye(4, dtype=bool)] > 100) and not np.diagonal(counts).any()
+    assert {tuple(p) for p in select.random_pairs(2, 50, np.random.default_rng(3))} == {(0, 1), (1, 0)}
