@@ -380,3 +380,41 @@ def test_the_truncated_weights_scale_each_foreign_rows_part_of_the_policy_gradie
         trained[name] = torch.cat([p.detach().reshape(-1) for p in member.policy.parameters()])
     torch.testing.assert_close(trained["weightless"], trained["no advantage"], rtol=0, atol=0)
     assert not torch.equal(trained["weights"], trained["weightless"])
+
+
+def test_a_member_is_built_as_its_configuration_says():
+    config = dataclasses.replace(CONFIG, policy_hidden=(5,), critic_hidden=(7, 3), init_log_std=-0.5)
+    member = Member.create(0, 3, 2, config, seed=1)
+    torch.testing.assert_close(member.policy.log_std.detach(), torch.full((2,), -0.5))
+    assert [p.shape for p in member.critic.parameters()] == [(7, 3), (7,), (3, 7), (3,), (1, 3), (1,)]
+    assert [tuple(p.shape) for p in member.policy.parameters() if p.dim() == 2] == [(5, 3), (2, 5)]
+
+
+def test_minibatches_come_from_the_members_generator_and_a_whole_batch_keeps_its_order():
+    from gpo_mpi.learner import minibatch_indices
+    def orders(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [rows.tolist() for rows in minibatch_indices(10, 4, generator)], generator
+    torch.manual_seed(0)
+    first, _ = orders(3)
+    torch.manual_seed(1)  # torch's global generator plays no part
+    again, _ = orders(3)
+    assert first == again and sorted(sum(first, [])) == list(range(10)) and [len(r) for r in first] == [4, 4, 2]
+    assert orders(4)[0] != first
+    for size in (0, 10, 12):  # one minibatch of everything: in order, and no draw from the generator
+        generator = torch.Generator().manual_seed(3)
+        state = generator.get_state()
+        assert [rows.tolist() for rows in minibatch_indices(10, size, generator)] == [list(range(10))]
+        assert torch.equal(generator.get_state(), state)
+
+
+def test_adam_state_of_a_stepped_optimizer_loads_even_where_its_first_moment_is_zero():
+    """The step count, not any moment, says whether the vector holds a state."""
+    config = dataclasses.replace(CONFIG, policy_epochs=2)
+    member = Member.create(0, 3, 1, config, seed=8)
+    update(member, pool_batches(member, [sampled_batch(member.policy)], 0, config), config)
+    vector = adam_state(member.policy_optimizer)
+    vector[1] = 0.0  # the first parameter's first moment
+    copy = Member.create(0, 3, 1, config, seed=9)
+    load_adam_state(copy.policy_optimizer, vector)
+    np.testing.assert_array_equal(adam_state(copy.policy_optimizer), vector)
