@@ -277,6 +277,7 @@ class Comparison:
     curves: dict  # (label, task or "normalized") -> (grid, iqm, low, high)
     aggregate_runs: int  # runs per task in the aggregate
     notes: list[str]
+    aggregate_tasks: list[str]  # the tasks where the reference variant has finished runs
 
 
 def _finished(runs: list[Run]) -> list[Run]:
@@ -345,7 +346,8 @@ def compare(variants: list[Variant], reference: str | None = None, reps: int = 2
                 x, y = pair.split("|")
                 improvement[x, y] = (float(points[pair]), *np.asarray(intervals[pair], dtype=float).ravel())
     curves = _curves(variants, tasks, reference_mean, complete, aggregate_runs, reps, seed)
-    return Comparison(variants, tasks, reference, per_task, aggregate, improvement, curves, aggregate_runs, notes)
+    return Comparison(variants, tasks, reference, per_task, aggregate, improvement, curves, aggregate_runs, notes,
+                      list(reference_mean))
 
 
 def _curves(variants, tasks, reference_mean, complete, aggregate_runs, reps, seed) -> dict:
@@ -412,7 +414,7 @@ def markdown(result: Comparison, skipped: list[str]) -> str:
     text = ["## Per task: the best member's held-out return", "", table(*per_task_rows(result)), ""]
     if result.aggregate:
         text += [f"## Across tasks: held-out return / {result.reference}'s mean on the task "
-                 f"({result.aggregate_runs} seeds per task)", "",
+                 f"({', '.join(result.aggregate_tasks)}; {result.aggregate_runs} seed(s) per task)", "",
                  table(["variant", "IQM [95% CI]", "median [95% CI]", "mean [95% CI]"],
                        [[label, *(_interval_text(cell["point"][i], cell["ci"][0][i], cell["ci"][1][i], 2,
                                                  result.aggregate_runs)
