@@ -418,3 +418,132 @@ def test_adam_state_of_a_stepped_optimizer_loads_even_where_its_first_moment_is_
     copy = Member.create(0, 3, 1, config, seed=9)
     load_adam_state(copy.policy_optimizer, vector)
     np.testing.assert_array_equal(adam_state(copy.policy_optimizer), vector)
+
+
+class ThreadSums:
+    """Sums over `n` threads standing in for ranks: DataParallel's two callbacks, as an Allreduce gives them."""
+
+    def __init__(self, n: int):
+        import threading
+        self.barrier, self.slots = threading.Barrier(n, timeout=60), [None] * n
+
+    def total(self, rank: int, values: np.ndarray) -> np.ndarray:
+        self.slots[rank] = values
+        self.barrier.wait()
+        total = sum(self.slots[1:], self.slots[0].copy())  # the same order on every thread
+        self.barrier.wait()
+        return total
+
+    def parallel(self, rank: int, first_row: int, total_rows: int):
+        from gpo_mpi.mutate import DataParallel
+        from gpo_mpi.networks import flat_parameters  # noqa: F401 (the gradients go flat like parameters)
+
+        def sum_gradients(parameters):
+            flat = torch.cat([p.grad.reshape(-1) for p in parameters]).numpy().astype(np.float64)
+            summed = torch.from_numpy(self.total(rank, flat))
+            for p, part in zip(parameters, torch.split(summed, [p.numel() for p in parameters])):
+                p.grad.copy_(part.reshape(p.shape))
+        return DataParallel(first_row, total_rows, lambda values: self.total(rank, values), sum_gradients)
+
+
+def rows_of(data, rows):
+    return dataclasses.replace(data, **{field.name: getattr(data, field.name)[rows]
+                                        for field in dataclasses.fields(data)})
+
+
+@pytest.mark.parametrize("mutation, minibatch", [("ppo", 0), ("ppo", 16), ("a2c", 0)])
+def test_a_data_parallel_update_over_two_ranks_is_the_one_process_update(mutation, minibatch):
+    """Joint's path: each of two ranks (threads here) holds half of one batch; with the sums over ranks the
+    step is the one process's on the whole batch (to rounding: the sums add in another order)."""
+    import threading
+    config = dataclasses.replace(CONFIG, mutation=mutation, minibatch=minibatch, policy_epochs=3, critic_epochs=3,
+                                 max_grad_norm=0.5)
+    whole = Member.create(0, 3, 1, config, seed=4)
+    data = pool_batches(whole, [sampled_batch(whole.policy, seed=2)], 0, config)
+    halves = [Member.create(0, 3, 1, config, seed=4) for _ in range(2)]
+    expected = update(whole, data, config)
+    sums, results, errors = ThreadSums(2), [None, None], []
+
+    def rank(index):
+        try:
+            rows = slice(32 * index, 32 * (index + 1))
+            results[index] = update(halves[index], rows_of(data, rows), config, sums.parallel(index, 32 * index, 64))
+        except Exception as error:  # noqa: BLE001 (reported below, after the other thread ends)
+            errors.append(error)
+            sums.barrier.abort()
+    threads = [threading.Thread(target=rank, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for member, stats in zip(halves, results):
+        for a, b in zip([*whole.policy.parameters(), *whole.critic.parameters()],
+                        [*member.policy.parameters(), *member.critic.parameters()]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert stats.kl == pytest.approx(expected.kl, rel=1e-4) and stats.beta == expected.beta
+    # each rank's loss is its rows' part of the whole batch's (divided by every rank's rows): they add up to it
+    for name in ("policy_loss", "critic_loss"):
+        assert sum(getattr(stats, name) for stats in results) == pytest.approx(getattr(expected, name), rel=1e-4,
+                                                                              abs=1e-6)
+    moved = [torch.equal(a, b) for a, b in zip(whole.policy.parameters(),
+                                                Member.create(0, 3, 1, config, seed=4).policy.parameters())]
+    assert not all(moved)
+
+
+def test_data_parallelism_refuses_other_members_rows():
+    from gpo_mpi.mutate import DataParallel
+    learner = Member.create(0, 3, 1, CONFIG, seed=6)
+    pooled = pool_batches(learner, [sampled_batch(GaussianPolicy(3, 1), seed=1), sampled_batch(learner.policy)], 1,
+                          CONFIG)
+    parallel = DataParallel(0, len(pooled.obs), lambda values: values, lambda parameters: None)
+    with pytest.raises(ValueError, match=r"^data parallelism \(Joint\) never pools other members' batches$"):
+        update(learner, pooled, CONFIG, parallel)
+
+
+def test_losses_of_one_row_and_of_rows_counted_on_other_ranks():
+    one = torch.tensor
+    # one row: -(2 * 3) + 2 * 0.5
+    assert ppo_loss(one([2.0]), one([3.0]), one([0.5]), beta=2.0).item() == pytest.approx(-5.0)
+    assert a2c_loss(one([2.0]), one([3.0])).item() == pytest.approx(-6.0)
+    # the means divide by the rows of every rank: -(1 + 2) / 4 + 2 * (0.25 + 0.75) / 5
+    assert ppo_loss(one([1.0, 2.0]), one([1.0, 1.0]), one([0.25, 0.75]), 2.0, n_rows=4,
+                    n_own_rows=5).item() == pytest.approx(-0.75 + 0.4)
+    assert a2c_loss(one([1.0, 2.0]), one([1.0, 1.0]), n_rows=3).item() == pytest.approx(-1.0)
+
+
+def test_beta_stays_at_the_edges_of_the_target_band():
+    assert adapt_beta(1.0, 0.01 / 1.5, 0.01) == 1.0 and adapt_beta(1.0, 0.01 * 1.5, 0.01) == 1.0
+
+
+def test_an_update_reports_the_losses_of_the_networks_it_started_from():
+    """One epoch each at full batch: the losses are those of the initial networks on the whole batch."""
+    config = dataclasses.replace(CONFIG, policy_epochs=1, critic_epochs=1)
+    member = Member.create(0, 3, 1, config, seed=2)
+    data = pool_batches(member, [sampled_batch(member.policy, seed=5)], 0, config)
+    with torch.no_grad():
+        critic_loss = float(((member.critic(data.obs) - data.returns) ** 2).mean())
+    stats = update(member, data, config)
+    assert stats.critic_loss == pytest.approx(critic_loss, rel=1e-5)
+    assert stats.policy_loss == pytest.approx(-float(data.advantages.mean()), abs=1e-6)  # ratios 1, KL 0
+
+
+def test_gradients_are_clipped_to_max_grad_norm_and_not_at_all_at_zero():
+    from gpo_mpi.mutate import _step
+    for max_grad_norm, expected in ((0.5, 0.5), (0.0, None)):
+        network = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+        loss = (100.0 * network(torch.ones(4, 3))).sum()
+        _step([optimizer], [list(network.parameters())], loss, max_grad_norm, None)
+        norm = float(torch.cat([p.grad.reshape(-1) for p in network.parameters()]).norm())
+        assert norm == pytest.approx(expected if expected else 400.0 * 2.0, rel=1e-5)  # |grad| = 400 x |(1,1,1,1)|
+
+
+def test_share_set_ties_go_to_the_lower_index_in_a_large_population():
+    """32 members, the KLs in three tied values (numpy's default sort is not stable beyond 16 elements)."""
+    kl = np.random.default_rng(0).integers(1, 4, size=(32, 32)).astype(float)
+    np.fill_diagonal(kl, 0.0)
+    for i, chosen in enumerate(share_sets(kl, 10.0, max_others=12)):
+        others = np.array([j for j in range(32) if j != i])
+        nearest = others[np.argsort(kl[i, others], kind="stable")[:12]]
+        np.testing.assert_array_equal(chosen, np.sort(np.append(nearest, i)))
