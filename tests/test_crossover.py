@@ -232,3 +232,64 @@ def test_parameter_space_crossover_takes_each_layer_from_one_parent():
             source = (named_x, named_y)[sources[layer]]
             torch.testing.assert_close(parameter, source[name], rtol=0, atol=0)
     assert seen_sources == {0, 1}
+
+
+def test_state_space_crossover_is_a_function_of_its_seed():
+    """Two different parents, the expert drawing from pi_S, minibatches: the same seed gives the same child and
+    record bit for bit, another seed another child; the record says what the crossover did."""
+    config = RunConfig(env="Pendulum-v1", expert_steps=100, dagger_iterations=2, dagger_steps=50, dagger_epochs=2,
+                       selector_epochs=2, expert_choice="sample", crossover_minibatch=32)
+    torch.manual_seed(4)
+    parents = (GaussianPolicy(3, 1, init_log_std=-1.0), GaussianPolicy(3, 1, init_log_std=0.3))
+
+    def crossover_with(seed):
+        normalizer = ObsNormalizer(3, 10.0)
+        data = []
+        for index, parent in enumerate(parents):
+            batch, _ = Sampler(EnvSpec("Pendulum-v1", horizon=20), 1, index, "parent").sample(parent, normalizer, 100)
+            data.append(crossover.selector_data(crossover.batch_trajectories(batch), 1.0, 0,
+                                                np.random.default_rng(index)))
+        child = GaussianPolicy(3, 1)
+        child.load_state_dict(parents[0].state_dict())
+        sampler = Sampler(EnvSpec("Pendulum-v1", horizon=20), 1, 7, "crossover test")
+        record = crossover.state_space_crossover(*parents, *data, child, sampler, normalizer, config, seed)
+        return torch.cat([p.detach().flatten() for p in child.parameters()]), record
+
+    first, record = crossover_with(3)
+    again, record_again = crossover_with(3)
+    assert torch.equal(first, again) and record == record_again
+    assert not torch.equal(crossover_with(4)[0], first)
+    assert record.env_steps == 100 + 2 * 50 == config.crossover_steps_per_child
+    assert np.isfinite(record.selector_loss) and np.isfinite(record.imitation_loss)
+    assert 0.0 < record.second_parent_share < 1.0  # pi_S drew both parents on the expert's 100 states
+
+
+def test_the_expert_acts_with_the_chosen_parents_whole_gaussian():
+    """Forced to one parent, the expert's labels carry that parent's log-std, and its actions are independent
+    draws around the parent's mean with the parent's standard deviation."""
+    torch.manual_seed(0)
+    parents = (GaussianPolicy(3, 2, init_log_std=-1.0), GaussianPolicy(3, 2, init_log_std=0.5))
+    obs = np.repeat(np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32), 20000, axis=0)
+    for chosen, bias in ((0, [20.0, -20.0]), (1, [-20.0, 20.0])):
+        selector = Selector(3)
+        with torch.no_grad():
+            selector.logit_net[-1].bias.copy_(torch.tensor(bias))
+        expert = crossover.Expert(selector, parents, "sample")
+        means, log_stds = expert.labels(obs, np.random.default_rng(1))
+        np.testing.assert_array_equal(log_stds, np.broadcast_to(parents[chosen].log_std.detach().numpy(), (40000, 2)))
+        actions = expert.act(obs, np.random.default_rng(2)).reshape(2, 20000, 2)
+        noise = (actions - means.reshape(2, 20000, 2)) / np.exp(log_stds[0])
+        assert np.all(np.abs(noise.mean(axis=1)) < 0.03) and np.all(np.abs(noise.std(axis=1) - 1) < 0.03)
+        assert abs(np.corrcoef(noise[0, :, 0], noise[0, :, 1])[0, 1]) < 0.03  # dimensions drawn apart
+
+
+def test_the_child_samples_from_its_own_gaussian_during_dagger():
+    torch.manual_seed(0)
+    child = GaussianPolicy(3, 2, init_log_std=-0.7)
+    obs = np.repeat(np.random.default_rng(0).normal(size=(1, 3)).astype(np.float32), 20000, axis=0)
+    actions = crossover.child_sampling_actions(child)(obs, np.random.default_rng(1))
+    with torch.no_grad():
+        mean = child(torch.from_numpy(obs[:1]))[0].numpy()
+    noise = (actions - mean) / np.exp(-0.7)
+    assert np.all(np.abs(noise.mean(axis=0)) < 0.03) and np.all(np.abs(noise.std(axis=0) - 1) < 0.03)
+    assert abs(np.corrcoef(noise[:, 0], noise[:, 1])[0, 1]) < 0.03
