@@ -293,3 +293,33 @@ def test_the_child_samples_from_its_own_gaussian_during_dagger():
     noise = (actions - mean) / np.exp(-0.7)
     assert np.all(np.abs(noise.mean(axis=0)) < 0.03) and np.all(np.abs(noise.std(axis=0) - 1) < 0.03)
     assert abs(np.corrcoef(noise[:, 0], noise[:, 1])[0, 1]) < 0.03
+
+
+def test_make_child_runs_the_operator_the_configuration_names():
+    """Without C the child is a copy of the fitter parent; the parameter operator takes each layer from one parent;
+    the state operator imitates both (its diagnostics measured, the others' NaN)."""
+    torch.manual_seed(5)
+    parents = (GaussianPolicy(3, 1), GaussianPolicy(3, 1))
+    assert crossover.operator_of(RunConfig(components="SM")) == "copy"
+    assert crossover.operator_of(RunConfig(crossover_operator="parameter")) == "parameter"
+    assert crossover.operator_of(RunConfig()) == "state"
+    env, normalizer = EnvSpec("Pendulum-v1", horizon=20), ObsNormalizer(3, 10.0)
+    config = RunConfig(env="Pendulum-v1", expert_steps=40, dagger_iterations=1, dagger_steps=20, dagger_epochs=1,
+                       selector_epochs=1)
+    flat = lambda module: torch.cat([p.detach().flatten() for p in module.parameters()])  # noqa: E731
+    for fitter in (0, 1):
+        child = GaussianPolicy(3, 1)
+        diagnostics = crossover.make_child("copy", parents, fitter, None, child, env, normalizer, config, 0, "copy")
+        assert torch.equal(flat(child), flat(parents[fitter])) and np.isnan(diagnostics).all()
+    child = GaussianPolicy(3, 1)
+    diagnostics = crossover.make_child("parameter", parents, 0, None, child, env, normalizer, config, 1, "parameter")
+    assert np.isnan(diagnostics).all()
+    for name, value in child.state_dict().items():
+        assert any(torch.equal(value, parent.state_dict()[name]) for parent in parents), name
+    data = []
+    for index, parent in enumerate(parents):
+        batch, _ = Sampler(env, 1, index, "parent").sample(parent, normalizer, 40)
+        data.append(crossover.selector_data(crossover.batch_trajectories(batch), 1.0, 0, np.random.default_rng(0)))
+    diagnostics = crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 1), env, normalizer,
+                                       config, 2, "state")
+    assert np.isfinite(diagnostics[:2]).all() and 0.0 <= diagnostics[2] <= 1.0
