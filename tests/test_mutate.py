@@ -436,7 +436,6 @@ class ThreadSums:
 
     def parallel(self, rank: int, first_row: int, total_rows: int):
         from gpo_mpi.mutate import DataParallel
-        from gpo_mpi.networks import flat_parameters  # noqa: F401 (the gradients go flat like parameters)
 
         def sum_gradients(parameters):
             flat = torch.cat([p.grad.reshape(-1) for p in parameters]).numpy().astype(np.float64)
