@@ -38,9 +38,11 @@ TESTS = {
 }
 
 
-def scratch_copy(module: str, directory: Path) -> Path:
-    """The committed tree with the built extension and a mutmut section for `module`."""
+def scratch_copy(module: str, directory: Path) -> tuple[Path, str]:
+    """The committed tree (and its commit) with the built extension and a mutmut section for `module`."""
     tree = directory / module
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
     tree.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
@@ -52,7 +54,7 @@ def scratch_copy(module: str, directory: Path) -> Path:
     with open(tree / "pyproject.toml", "a") as pyproject:
         pyproject.write("\n[tool.mutmut]\n" + "".join(f"{key} = {json.dumps(value)}\n"
                                                       for key, value in section.items()))
-    return tree
+    return tree, commit
 
 
 def results(tree: Path, module: str) -> dict[str, str]:
@@ -71,12 +73,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpo-mpi-mutation-") as scratch:
         for module in args.modules:
-            tree = scratch_copy(module, Path(scratch))
+            tree, commit = scratch_copy(module, Path(scratch))  # each module at the commit it was copied from
             started = time.monotonic()
             try:
                 subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.children)],

@@ -323,3 +323,54 @@ def test_make_child_runs_the_operator_the_configuration_names():
     diagnostics = crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 1), env, normalizer,
                                        config, 2, "state")
     assert np.isfinite(diagnostics[:2]).all() and 0.0 <= diagnostics[2] <= 1.0
+
+
+def test_return_weights_with_a_span_under_one():
+    np.testing.assert_allclose(crossover.return_weights(np.array([0.1, 0.2, 0.3])), [0.0, 1.0, 2.0])
+
+
+def test_selector_data_keeps_the_best_trajectories_and_draws_states_without_replacement():
+    """20 trajectories of 5 states (state value = trajectory * 10 + step), returns in 4 tied groups."""
+    trajectories = [(np.array([[10.0 * t + s] for s in range(5)]), float(t % 4)) for t in range(20)]
+    states, returns = crossover.selector_data(trajectories, 0.25, 0, np.random.default_rng(0))
+    best = [t for t in range(20) if t % 4 == 3]  # the 5 trajectories of return 3, in order (ties: the first)
+    np.testing.assert_array_equal(states[:, 0], [10.0 * t + s for t in best for s in range(5)])
+    np.testing.assert_array_equal(returns, 3.0)
+    one, _ = crossover.selector_data(trajectories, 0.01, 0, np.random.default_rng(0))  # at least one trajectory
+    np.testing.assert_array_equal(one[:, 0], [30.0 + s for s in range(5)])
+    for max_states in (1, 24, 25, 30):
+        drawn, _ = crossover.selector_data(trajectories, 0.25, max_states, np.random.default_rng(1))
+        assert len(drawn) == min(max_states, 25)
+        assert len(np.unique(drawn)) == len(drawn) and np.all(np.diff(drawn[:, 0]) > 0)  # distinct, in order
+        assert set(drawn[:, 0]) <= set(states[:, 0])
+
+
+def test_make_child_is_a_function_of_its_seed_and_both_parents_give_layers():
+    torch.manual_seed(6)
+    parents = (GaussianPolicy(3, 1), GaussianPolicy(3, 1))
+    env, config = EnvSpec("Pendulum-v1", horizon=20), RunConfig(env="Pendulum-v1", expert_steps=40,
+                                                                 dagger_iterations=1, dagger_steps=20,
+                                                                 dagger_epochs=1, selector_epochs=1)
+    flat = lambda module: torch.cat([p.detach().flatten() for p in module.parameters()])  # noqa: E731
+    data = []
+    for index, parent in enumerate(parents):
+        batch, _ = Sampler(env, 1, index, "parent").sample(parent, ObsNormalizer(3, 10.0), 40)
+        data.append(crossover.selector_data(crossover.batch_trajectories(batch), 1.0, 0, np.random.default_rng(0)))
+    children = []
+    for seed in (2, 2, 3):
+        child = GaussianPolicy(3, 1)
+        child.load_state_dict(parents[0].state_dict())
+        crossover.make_child("state", parents, 0, tuple(data), child, env, ObsNormalizer(3, 10.0), config, seed,
+                             "state")
+        children.append(flat(child))
+    assert torch.equal(children[0], children[1]) and not torch.equal(children[0], children[2])
+    sources = set()
+    for seed in range(8):
+        child = GaussianPolicy(3, 1)
+        crossover.make_child("parameter", parents, 0, None, child, env, ObsNormalizer(3, 10.0), config, seed, "p")
+        again = GaussianPolicy(3, 1)
+        crossover.make_child("parameter", parents, 0, None, again, env, ObsNormalizer(3, 10.0), config, seed, "p")
+        assert torch.equal(flat(child), flat(again))
+        for name, value in child.state_dict().items():
+            sources |= {index for index, parent in enumerate(parents) if torch.equal(value, parent.state_dict()[name])}
+    assert sources == {0, 1}
