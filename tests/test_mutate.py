@@ -546,3 +546,22 @@ def test_share_set_ties_go_to_the_lower_index_in_a_large_population():
         others = np.array([j for j in range(32) if j != i])
         nearest = others[np.argsort(kl[i, others], kind="stable")[:12]]
         np.testing.assert_array_equal(chosen, np.sort(np.append(nearest, i)))
+
+
+def test_an_a2c_update_takes_one_full_batch_policy_step():
+    """A2C: one step of Adam on -mean(ratio * A) over the whole batch, however many policy epochs are set; the
+    critic takes its epochs."""
+    config = dataclasses.replace(CONFIG, mutation="a2c", policy_epochs=10, critic_epochs=3)
+    member, by_hand = Member.create(0, 3, 1, config, seed=3), Member.create(0, 3, 1, config, seed=3)
+    data = pool_batches(member, [sampled_batch(member.policy, seed=4)], 0, config)
+    update(member, data, config)
+    assert adam_state(member.policy_optimizer)[0] == 1 and adam_state(member.critic_optimizer)[0] == 3
+    mean, log_std = by_hand.policy(data.obs)
+    from gpo_mpi.networks import gaussian_log_prob
+    ratios = importance_ratios(gaussian_log_prob(mean, log_std, data.actions), data.behaviour_log_probs)
+    by_hand.policy_optimizer.zero_grad()
+    a2c_loss(ratios, data.advantages).backward()
+    torch.nn.utils.clip_grad_norm_(list(by_hand.policy.parameters()), config.max_grad_norm)
+    by_hand.policy_optimizer.step()
+    for a, b in zip(member.policy.parameters(), by_hand.policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
