@@ -135,7 +135,8 @@ class DataParallel:
 
 def standardize(advantages: np.ndarray, parallel: DataParallel | None = None) -> np.ndarray:
     """Zero mean and unit standard deviation over the whole batch (all ranks' rows under `parallel`)."""
-    moments = np.array([len(advantages), advantages.sum(), (advantages.astype(np.float64) ** 2).sum()])
+    values = advantages.astype(np.float64)  # float32 sums lose the variance of advantages far from zero
+    moments = np.array([len(values), values.sum(), (values ** 2).sum()])
     if parallel is not None:
         moments = parallel.sum_values(moments)
     count, total, total_squares = moments

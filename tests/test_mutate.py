@@ -565,3 +565,127 @@ def test_an_a2c_update_takes_one_full_batch_policy_step():
     by_hand.policy_optimizer.step()
     for a, b in zip(member.policy.parameters(), by_hand.policy.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def update_by_hand(member, data, config):
+    """PPO with the adaptive KL penalty as the textbook writes it: each epoch, minibatches of the rows in the
+    member's random order; the policy's loss -mean(w * ratio * A) + beta * mean KL over the minibatch's own rows;
+    the critic's mean squared error over its rows (own only with critic_data "own"); one Adam step per minibatch
+    for each network still within its epochs, each gradient clipped on its own (max_grad_norm 0: not at all). Returns the mean KL from the old
+    to the new policy on the own rows."""
+    from gpo_mpi.learner import minibatch_indices
+    from gpo_mpi.networks import gaussian_log_prob
+    with torch.no_grad():
+        old_mean, old_log_std = member.policy(data.obs)
+    for epoch in range(max(config.policy_epochs, config.critic_epochs)):
+        for rows in minibatch_indices(len(data.obs), config.minibatch, member.generator):
+            optimizers, loss = [], torch.zeros(())
+            if epoch < config.policy_epochs:
+                mean, log_std = member.policy(data.obs[rows])
+                ratios = torch.exp(gaussian_log_prob(mean, log_std, data.actions[rows]) - data.behaviour_log_probs[rows])
+                own = data.own[rows]
+                kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
+                loss = loss - (data.weights[rows] * ratios * data.advantages[rows]).mean()
+                if own.any():
+                    loss = loss + member.beta * kl.mean()
+                optimizers.append((member.policy_optimizer, member.policy))
+            if epoch < config.critic_epochs:
+                critic_rows = rows[data.own[rows]] if config.critic_data == "own" else rows
+                # a minibatch without own rows still takes the critic's Adam step, on a zero gradient
+                errors = (member.critic(data.obs[critic_rows]) - data.returns[critic_rows]) ** 2
+                loss = loss + (errors.mean() if len(critic_rows) else errors.sum())
+                optimizers.append((member.critic_optimizer, member.critic))
+            for optimizer, _ in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer, network in optimizers:
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(list(network.parameters()), config.max_grad_norm)
+                optimizer.step()
+    with torch.no_grad():
+        mean, log_std = member.policy(data.obs[data.own])
+        return float(gaussian_kl(old_mean[data.own], old_log_std, mean, log_std).mean())
+
+
+@pytest.mark.parametrize("minibatch, policy_epochs, critic_epochs, critic_data, max_grad_norm, own_steps",
+                         [(32, 2, 3, "own", 0.5, 65), (32, 3, 2, "shared", 0.0, 65), (0, 3, 2, "own", 0.5, 1)])
+def test_a_ppo_update_is_the_textbook_loop_over_minibatches_and_epochs(minibatch, policy_epochs, critic_epochs,
+                                                                      critic_data, max_grad_norm, own_steps):
+    """Own rows and another member's 64 (65 + 64: the last minibatch of 32 holds one row; or a single own row),
+    policy and critic trained for different numbers of epochs, clipped or not: the update's networks, its
+    reported KL and beta are the textbook loop's."""
+    config = dataclasses.replace(CONFIG, minibatch=minibatch, policy_epochs=policy_epochs,
+                                 critic_epochs=critic_epochs, critic_data=critic_data, max_grad_norm=max_grad_norm,
+                                 policy_lr=3e-3)
+    member, by_hand = Member.create(0, 3, 1, config, seed=5), Member.create(0, 3, 1, config, seed=5)
+    batches = [sampled_batch(member.policy, seed=1, steps=own_steps),
+               sampled_batch(GaussianPolicy(3, 1), seed=2, steps=64)]
+    data = pool_batches(member, batches, 0, config)
+    assert 0 < float(data.weights[own_steps:].min()) < 1  # truncated weights, not all 1
+    stats = update(member, data, config)
+    kl = update_by_hand(by_hand, data, config)
+    for a, b in zip([*member.policy.parameters(), *member.critic.parameters()],
+                    [*by_hand.policy.parameters(), *by_hand.critic.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert adam_state(member.policy_optimizer)[0] == adam_state(by_hand.policy_optimizer)[0]
+    assert adam_state(member.critic_optimizer)[0] == adam_state(by_hand.critic_optimizer)[0]
+    assert kl > 0 and stats.kl == pytest.approx(kl, rel=1e-4)
+    assert stats.beta == member.beta == adapt_beta(config.initial_beta, kl, config.kl_target)
+    assert stats.effective_sample_size == pytest.approx(effective_sample_size(data.weights.numpy()))
+
+
+def test_share_rows_of_one_draws_one_foreign_row_each_epoch():
+    config = dataclasses.replace(CONFIG, share_rows=1, policy_epochs=2, critic_epochs=2)
+    member = Member.create(0, 3, 1, config, seed=7)
+    data = pool_batches(member, [sampled_batch(member.policy), sampled_batch(GaussianPolicy(3, 1), seed=1)], 0,
+                        config)
+    policy_sizes = []
+    member.policy.mean_net.register_forward_hook(lambda module, inputs, output: policy_sizes.append(len(inputs[0])))
+    update(member, data, config)
+    assert policy_sizes == [128, 65, 65, 64]  # old means; each epoch 64 own rows and one drawn; the KL
+
+
+def test_the_effective_sample_size_of_tiny_weights_is_still_their_count():
+    """Weights of 1e-30 (a learner far from the behaviour policy): their squares underflow in float32."""
+    assert effective_sample_size(np.full(4, 1e-30, dtype=np.float32)) == pytest.approx(4.0)
+    assert effective_sample_size(np.array([0.5, 0.5])) == pytest.approx(2.0)  # squares summing below 1
+
+
+def test_pooled_data_is_float32_like_the_networks():
+    member = Member.create(0, 3, 1, CONFIG, seed=1)
+    data = pool_batches(member, [sampled_batch(member.policy), sampled_batch(GaussianPolicy(3, 1), seed=1)], 0,
+                        CONFIG)
+    for name in ("obs", "actions", "behaviour_log_probs", "weights", "advantages", "returns"):
+        assert getattr(data, name).dtype == torch.float32, name
+
+
+def test_standardize_at_its_edges():
+    np.testing.assert_allclose(standardize(np.array([1.0, 3.0])), [-1.0, 1.0], rtol=1e-6)  # two rows
+    np.testing.assert_array_equal(standardize(np.array([5.0])), [5.0])  # one row: nothing to scale by
+    small = np.array([0.0, 0.2])  # std 0.1: scaled up, no floor on the std
+    np.testing.assert_allclose(standardize(small), [-1.0, 1.0], rtol=1e-6)
+    # float32 advantages far from zero (a fresh critic's): summed in float32, their variance came out negative
+    offset = (1e4 + np.random.default_rng(0).standard_normal(10_000)).astype(np.float32)
+    assert standardize(offset).std() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_joint_standardizes_the_advantages_over_every_ranks_rows():
+    """Two ranks (threads) pooling their own halves of a batch: the advantages are standardized with the mean
+    and std of both halves together, not each half's own."""
+    import threading
+    member = Member.create(0, 3, 1, CONFIG, seed=3)
+    halves = [sampled_batch(member.policy, seed=4, steps=32), sampled_batch(member.policy, seed=5, steps=48)]
+    raw = torch.cat([pool_batches(member, [half], None, dataclasses.replace(CONFIG, normalize_advantages=False))
+                     .advantages for half in halves]).numpy()
+    sums, pooled = ThreadSums(2), [None, None]
+
+    def rank(index):
+        pooled[index] = pool_batches(member, [halves[index]], None, CONFIG,
+                                     sums.parallel(index, 32 * index, 80))
+    threads = [threading.Thread(target=rank, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_allclose(torch.cat([pooled[0].advantages, pooled[1].advantages]).numpy(), standardize(raw),
+                               rtol=1e-5, atol=1e-6)
