@@ -571,8 +571,8 @@ def update_by_hand(member, data, config):
     """PPO with the adaptive KL penalty as the textbook writes it: each epoch, minibatches of the rows in the
     member's random order; the policy's loss -mean(w * ratio * A) + beta * mean KL over the minibatch's own rows;
     the critic's mean squared error over its rows (own only with critic_data "own"); one Adam step per minibatch
-    for each network still within its epochs, each gradient clipped on its own (max_grad_norm 0: not at all). Returns the mean KL from the old
-    to the new policy on the own rows."""
+    for each network still within its epochs, each gradient clipped on its own (max_grad_norm 0: not at all).
+    Returns the mean KL from the old to the new policy on the own rows."""
     from gpo_mpi.learner import minibatch_indices
     from gpo_mpi.networks import gaussian_log_prob
     with torch.no_grad():
@@ -582,7 +582,8 @@ def update_by_hand(member, data, config):
             optimizers, loss = [], torch.zeros(())
             if epoch < config.policy_epochs:
                 mean, log_std = member.policy(data.obs[rows])
-                ratios = torch.exp(gaussian_log_prob(mean, log_std, data.actions[rows]) - data.behaviour_log_probs[rows])
+                log_probs = gaussian_log_prob(mean, log_std, data.actions[rows])
+                ratios = torch.exp(log_probs - data.behaviour_log_probs[rows])
                 own = data.own[rows]
                 kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
                 loss = loss - (data.weights[rows] * ratios * data.advantages[rows]).mean()
