@@ -32,7 +32,7 @@ TESTS = {
     "crossover": ["tests/test_crossover.py"],
     "learner": ["tests/test_mutate.py", "tests/test_crossover.py"],
     "seeds": ["tests/test_seeds.py"],
-    "checkpoint": ["tests/test_statefile.py", "tests/test_safe_files.py"],
+    "checkpoint": ["tests/test_checkpoint.py", "tests/test_statefile.py"],
     "statefile": ["tests/test_statefile.py"],
     "snapshot": ["tests/test_snapshot.py"],
 }
