@@ -1,7 +1,7 @@
 """Whether a change leaves the run files as they were: small runs of every path at a base commit and in
 this checkout, compared bit for bit.
 
-    python bench/same_runs.py [--base REV] [--cases NAME ...] [--ranks 1 2]
+    python bench/same_runs.py [--base REV] [--now REV] [--cases NAME ...] [--ranks 1 2]
 
 A refactoring must not change what a run computes. This makes the base commit (default HEAD) in a scratch
 worktree, with the C++ extension copied from this checkout where the kernel sources agree (else built
@@ -9,7 +9,8 @@ there), then runs each case on each rank count from both trees (`python -m gpo_m
 mpiexec, PYTHONPATH naming the tree) and compares every dataset of the two run files: the iterations, rounds,
 breedings, evaluations and final networks. Wall times and the counts of MPI traffic are left out (the
 clock's, and a move may regroup collectives without changing a number). Prints one line per run and exits
-1 if any differs, naming the first dataset that does.
+1 if any differs, naming the first dataset that does. With `--now REV`, the second tree is that commit's
+too (you may go on editing while it runs).
 """
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ CASES = {
 }
 
 
-def base_tree(base: str, directory: Path) -> Path:
-    """The base commit's tree, ready to import."""
-    tree = directory / "base"
+def commit_tree(base: str, directory: Path) -> Path:
+    """A commit's tree, ready to import."""
+    tree = directory / base
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), base], cwd=ROOT, check=True)
     kernel_sources = ["src", "CMakeLists.txt", "setup.py"]
     same_kernels = subprocess.run(["git", "diff", "--quiet", base, "--", *kernel_sources], cwd=ROOT).returncode == 0
@@ -90,32 +91,40 @@ def first_difference(a: dict, b: dict) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="HEAD", help="the commit to compare against (default HEAD)")
+    parser.add_argument("--now", help="a commit to compare with it (default: this checkout as it is)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args()
-    base = subprocess.run(["git", "rev-parse", "--short", args.base], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    def short(rev: str) -> str:
+        return subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    base = short(args.base)
     changed = subprocess.run(["git", "status", "--porcelain", "gpo_mpi"], cwd=ROOT, capture_output=True,
                              text=True).stdout.strip()
-    print(f"base {base}; this checkout {'with uncommitted changes to gpo_mpi/' if changed else 'as committed'}")
+    now = short(args.now) if args.now else ("this checkout, with uncommitted changes to gpo_mpi/" if changed else
+                                            "this checkout, as committed")
+    print(f"base {base}; now {now}")
     differing = 0
     with tempfile.TemporaryDirectory(prefix="gpo-mpi-same-runs-") as scratch:
         directory = Path(scratch)
+        trees = []
         try:
-            before = base_tree(base, directory)
+            trees.append(commit_tree(base, directory))
+            trees.append(commit_tree(now, directory) if args.now else ROOT)
             for case in args.cases:
                 for ranks in args.ranks:
-                    outs = {}
-                    for side, tree in (("base", before), ("now", ROOT)):
-                        outs[side] = directory / f"{case}-{ranks}-{side}.h5"
-                        run(tree, ranks, CASES[case], outs[side])
-                    difference = first_difference(datasets(outs["base"]), datasets(outs["now"]))
+                    outs = []
+                    for side, tree in enumerate(trees):
+                        outs.append(directory / f"{case}-{ranks}-{side}.h5")
+                        run(tree, ranks, CASES[case], outs[-1])
+                    difference = first_difference(datasets(outs[0]), datasets(outs[1]))
                     differing += difference is not None
                     print(f"{case:10s} {ranks} rank(s)  " + ("same" if difference is None else
                                                              f"DIFFERS, first in {difference}"), flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(directory / "base")], cwd=ROOT,
-                           capture_output=True)
+            for tree in trees:
+                if tree != ROOT:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     return 1 if differing else 0
 
 

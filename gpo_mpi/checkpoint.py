@@ -20,16 +20,71 @@ so a kill during the write leaves the previous checkpoint whole.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import h5py
+import numpy as np
 
 from . import statefile
 from .config import ConfigError, RunConfig, to_dict
 from .runfile import open_run, stored_config
 
 GROUP = "checkpoint"
+
+
+# ------------------------------------------------------------------ contents
+@dataclasses.dataclass
+class Position:
+    """Where a run goes on from, and what every rank holds alike: the shared state's part from the rounds
+    (the rest is the record's, record.Recorder.state)."""
+    round_index: int
+    step_in_round: int
+    iteration: int
+    env_steps: int
+    share_sets: list
+    normalizer: np.ndarray  # ObsNormalizer.state()
+    elapsed: float  # wall time of the run so far
+
+    @classmethod
+    def of(cls, shared: dict) -> "Position":
+        return cls(**{field.name: shared[field.name] for field in dataclasses.fields(cls)})
+
+
+def shared_state(position: Position, record_state: dict) -> dict:
+    """The checkpoint's shared state, stored once by rank 0."""
+    return {**{field.name: getattr(position, field.name) for field in dataclasses.fields(position)},
+            **record_state}
+
+
+def rank_state(members, samplers, captures_environments: bool) -> dict:
+    """One rank's own part: its distinct members' states and its samplers' (environments included when
+    they can be snapshotted)."""
+    return dict(members=[member.state() for member in members],
+                samplers=[sampler.state(captures_environments) for sampler in samplers])
+
+
+def load_rank_state(state: dict, members, samplers) -> None:
+    """Inverse of `rank_state`, into the rank's freshly made members and samplers (raises whatever a damaged
+    or foreign state makes loading raise)."""
+    if "samplers" not in state:
+        raise ConfigError("it is from an older gpo-mpi")
+    for member, member_state in zip(members, state["members"], strict=True):
+        member.load_state(member_state)
+    for sampler, sampler_state in zip(samplers, state["samplers"], strict=True):
+        sampler.load_state(sampler_state)
+
+
+def member_states(path: str, shared: dict, rank_states: list[dict], n_policies: int
+                  ) -> tuple[list[dict], np.ndarray, int]:
+    """Every member's state in member order, the observation statistics and the iteration of a checkpoint
+    (for the tools, which need no samplers); ConfigError (one line) where it is damaged."""
+    try:
+        states = {member["index"]: member for state in rank_states for member in state["members"]}
+        return [states[index] for index in range(n_policies)], shared["normalizer"], int(shared["iteration"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"the checkpoint in {path} is damaged ({type(error).__name__}: {error})") from None
 
 
 def write_group(run_file: h5py.File, shared_state: dict, rank_states: list[dict]) -> None:

@@ -259,14 +259,13 @@ class Population:
         self._mpi(mpi.check_synced, self.normalizer.state(), "the observation statistics")
         if not self.captures_environments:
             self.restart_samplers()
-        rank_state = dict(members=[member.state() for member in self.members],
-                          samplers=[lm.sampler.state(self.captures_environments) for lm in self.local])
+        rank_state = checkpoint.rank_state(self.members, [lm.sampler for lm in self.local],
+                                           self.captures_environments)
         rank_states = self._mpi(mpi.gather_objects, rank_state)  # rank 0 stores them (gpo_mpi.statefile)
         if self.recorder:
-            progress = dict(round_index=round_index, step_in_round=step_in_round, iteration=self.iteration,
-                            env_steps=self.env_steps, share_sets=self.share_sets,
-                            normalizer=self.normalizer.state(), elapsed=self.elapsed())
-            self.recorder.checkpoint(progress, rank_states)
+            self.recorder.checkpoint(checkpoint.Position(round_index, step_in_round, self.iteration, self.env_steps,
+                                                         self.share_sets, self.normalizer.state(), self.elapsed()),
+                                     rank_states)
 
     def elapsed(self) -> float:
         """Wall time of the run so far, including the time before a resume."""
@@ -288,21 +287,16 @@ class Population:
         rank_state = self._mpi(mpi.scatter_objects, loaded[1] if loaded else None)
         message = None
         try:
-            if "samplers" not in rank_state:
-                raise ConfigError("it is from an older gpo-mpi")
-            for member, state in zip(self.members, rank_state["members"], strict=True):
-                member.load_state(state)
-            for lm, sampler_state in zip(self.local, rank_state["samplers"], strict=True):
-                lm.sampler.load_state(sampler_state)
+            checkpoint.load_rank_state(rank_state, self.members, [lm.sampler for lm in self.local])
         except Exception as error:  # values of the wrong shape or kind can fail in any way while loaded
             message = (f"cannot resume: the checkpoint in {self.config.out} is damaged or foreign "
                        f"(this rank's part: {error})")
         agree_on_startup(self.comm, message)
-        self.round_index, self.step_in_round = shared["round_index"], shared["step_in_round"]
-        self.iteration, self.env_steps = shared["iteration"], shared["env_steps"]
-        self.share_sets = shared["share_sets"]
-        self.normalizer.load_state(shared["normalizer"])
-        self.elapsed_before = shared["elapsed"]
+        position = checkpoint.Position.of(shared)
+        self.round_index, self.step_in_round = position.round_index, position.step_in_round
+        self.iteration, self.env_steps = position.iteration, position.env_steps
+        self.share_sets, self.elapsed_before = position.share_sets, position.elapsed
+        self.normalizer.load_state(position.normalizer)
         if not self.captures_environments:
             self.restart_samplers()
         if self.rank != 0:

@@ -117,10 +117,9 @@ class Recorder:
         self.latest_best_return = state["latest_best_return"]
         self.best_evaluated = state["best_evaluated"]
 
-    def checkpoint(self, progress: dict, rank_states: list[bytes]) -> None:
-        """Commit a checkpoint: the round code's `progress` and this record's state, and every rank's
-        own part."""
-        shared = {**progress, **self.state()}
+    def checkpoint(self, position: checkpoint.Position, rank_states: list[dict]) -> None:
+        """Commit a checkpoint: the rounds' `position` and this record's state, and every rank's own part."""
+        shared = checkpoint.shared_state(position, self.state())
         self.writer.commit(lambda run_file: checkpoint.write_group(run_file, shared, rank_states))
         if self.scalars:
             self.scalars.flush()

@@ -41,14 +41,7 @@ def _checkpoint_members(path: str, run_file: h5py.File, config: RunConfig) -> tu
     from . import checkpoint
     if checkpoint.GROUP not in run_file:
         raise ConfigError(f"{path} holds neither a finished run nor a checkpoint yet: nothing to read")
-    shared, rank_states = checkpoint.read_group(path, run_file)
-    try:
-        states = {member["index"]: member for state in rank_states for member in state["members"]}
-        members = [states[index] for index in range(config.n_policies)]
-        normalizer, iteration = shared["normalizer"], int(shared["iteration"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"the checkpoint in {path} is damaged ({type(error).__name__}: {error})") from None
-    return members, normalizer, iteration
+    return checkpoint.member_states(path, *checkpoint.read_group(path, run_file), config.n_policies)
 
 
 def load_run(path: str) -> FinishedRun:
