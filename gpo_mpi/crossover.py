@@ -24,8 +24,8 @@ from torch import nn
 
 from . import seeds
 from .config import RunConfig
-from .learner import Adam, gaussian_kl, minibatch_indices
-from .networks import GaussianPolicy, Selector, numpy_forward_stacked
+from .learner import Adam, Member, gaussian_kl, load_adam_state, minibatch_indices
+from .networks import GaussianPolicy, Selector, load_flat_parameters, numpy_forward_stacked
 from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
@@ -230,6 +230,33 @@ def operator_of(config: RunConfig) -> str:
     """The run's crossover: "copy" without component C (the ablation base: the child is its fitter
     parent), else config.crossover_operator ("state" or "parameter")."""
     return config.crossover_operator if config.has("C") else "copy"
+
+
+def parent_policies(parents: dict[str, np.ndarray], pair: tuple[int, int], obs_dim: int, act_dim: int,
+                    config: RunConfig) -> tuple[GaussianPolicy, GaussianPolicy]:
+    """The two parents' policies from their rows (`parents`: learner.MemberRows' columns by member)."""
+    policies = []
+    for index in pair:
+        policy = GaussianPolicy(obs_dim, act_dim, config.policy_hidden)
+        load_flat_parameters(policy, parents["policy"][index])
+        policies.append(policy)
+    return tuple(policies)
+
+
+def newborn(index: int, obs_dim: int, act_dim: int, parents: dict[str, np.ndarray], fitter: int,
+            config: RunConfig, seed: int) -> Member:
+    """Member `index`'s child before crossover trains its policy: networks, optimizers and minibatch order
+    from the child's seed, then what it inherits from its fitter parent's row (`child_init`: its networks;
+    `child_beta`: its beta; `child_optimizer`: its Adam states, present in `parents` only then)."""
+    member = Member.create(index, obs_dim, act_dim, config, seed)
+    if config.child_init == "fitter":
+        load_flat_parameters(member.policy, parents["policy"][fitter])
+        load_flat_parameters(member.critic, parents["critic"][fitter])
+    member.beta = float(parents["beta"][fitter, 0]) if config.child_beta == "fitter" else config.initial_beta
+    if "policy_optimizer" in parents:
+        load_adam_state(member.policy_optimizer, parents["policy_optimizer"][fitter])
+        load_adam_state(member.critic_optimizer, parents["critic_optimizer"][fitter])
+    return member
 
 
 def make_child(operator: str, parents: tuple[GaussianPolicy, GaussianPolicy], fitter: int,

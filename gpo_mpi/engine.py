@@ -31,9 +31,9 @@ import torch
 from . import checkpoint, crossover, mpi, seeds, select
 from .config import ConfigError, RunConfig
 from .evaluate import returns_and_lengths
-from .learner import Member, adam_state, load_adam_state
+from .learner import Member, MemberRows
 from .mutate import DataParallel, kl_rows, pool_batches, share_sets, update
-from .networks import GaussianPolicy, flat_parameters, load_flat_parameters
+from .networks import flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
 from .record import PhaseTimer, Recorder
 from .runfile import RunFileWriter
@@ -397,18 +397,8 @@ class Population:
             jobs = np.zeros((config.population, 3), dtype=np.int64)
             if self.rank == 0:
                 member_returns = self.recorder.returns.member_returns()
-                ranked_returns = select.ranked_returns(member_returns)
-                weight = select.diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
-                                                 config.diversity_weight_end)
-                fitness = select.mixed_fitness(ranked_returns, kl, weight)
-                if config.has("S"):
-                    pairs = select.fittest_pairs(fitness, config.children_per_round, config.distinct_couples)
-                else:
-                    pairs = select.random_pairs(config.population, config.children_per_round,
-                                                seeds.random_couples(config.seed, round_index))
-                jobs[:] = select.breeding_jobs(pairs, member_returns, config.elites)
-                self.recorder.selection(member_returns, kl, jobs[:, :2], jobs[:, 2],
-                                        select.pair_fitness(fitness, jobs[:, :2]))
+                jobs[:], pair_fitness = select.plan(config, member_returns, kl, round_index)
+                self.recorder.selection(member_returns, kl, jobs[:, :2], jobs[:, 2], pair_fitness)
             return self._mpi(mpi.bcast_flat, jobs)
 
     # ---------------------------------------------------------- CROSSOVER
@@ -437,23 +427,15 @@ class Population:
         return rows
 
     def gather_parents(self, parent_sets: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """The policy, critic and beta (and Adam states, where children inherit them) of the parents this
-        rank's children are bred from (`parent_sets`, by slot), as one float32 row per member in member
-        order (NaN for members this rank does not need); beta's float64 travels as its two 32-bit halves,
-        bit for bit. Moved by the parent exchange: along a graph, a rank receives only its parents."""
-        parts = {"policy": lambda m: flat_parameters(m.policy), "critic": lambda m: flat_parameters(m.critic),
-                 "beta": lambda m: np.array([m.beta], dtype=np.float64).view(np.float32)}
-        if self.config.child_optimizer == "fitter":
-            parts["policy_optimizer"] = lambda m: adam_state(m.policy_optimizer)
-            parts["critic_optimizer"] = lambda m: adam_state(m.critic_optimizer)
-        pieces = [[part(member) for part in parts.values()] for member in self.members]
-        local_rows = np.stack([np.concatenate(p) for p in pieces])
+        """The rows (learner.MemberRows) of the parents this rank's children are bred from (`parent_sets`,
+        by slot), as columns by name with one row per member in member order (NaN for members this rank
+        does not need). Moved by the parent exchange: along a graph, a rank receives only its parents."""
+        member_rows = MemberRows(self.members[0], optimizers=self.config.child_optimizer == "fitter")
+        local_rows = np.stack([member_rows.row(member) for member in self.members])
         rows = np.full((self.config.population, local_rows.shape[1]), np.nan, dtype=np.float32)
         for member, member_row in self.parent_exchange(parent_sets, local_rows).items():
             rows[member] = member_row[0]
-        columns = dict(zip(parts, np.split(rows, np.cumsum([len(piece) for piece in pieces[0]])[:-1], axis=1)))
-        columns["beta"] = np.ascontiguousarray(columns["beta"]).view(np.float64)
-        return columns
+        return member_rows.columns(rows)
 
     def gather_selector_data(self, parent_sets: list[np.ndarray], round_index: int
                              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -480,21 +462,10 @@ class Population:
         if x == y == lm.member.index:  # an elite goes on as it is
             return (np.nan, np.nan, np.nan)
         seed = seeds.child(config.seed, lm.member.index, round_index)
-        parent_policies = []
-        for index in (x, y):
-            parent = GaussianPolicy(self.obs_dim, self.act_dim, config.policy_hidden)
-            load_flat_parameters(parent, parents["policy"][index])
-            parent_policies.append(parent)
-        member = Member.create(lm.member.index, self.obs_dim, self.act_dim, config, seed)
-        if config.child_init == "fitter":
-            load_flat_parameters(member.policy, parents["policy"][fitter])
-            load_flat_parameters(member.critic, parents["critic"][fitter])
-        member.beta = float(parents["beta"][fitter, 0]) if config.child_beta == "fitter" else config.initial_beta
-        if "policy_optimizer" in parents:
-            load_adam_state(member.policy_optimizer, parents["policy_optimizer"][fitter])
-            load_adam_state(member.critic_optimizer, parents["critic_optimizer"][fitter])
+        parent_policies = crossover.parent_policies(parents, (x, y), self.obs_dim, self.act_dim, config)
+        member = crossover.newborn(lm.member.index, self.obs_dim, self.act_dim, parents, fitter, config, seed)
         parent_pair = (parent_data[x], parent_data[y]) if parent_data is not None else None
-        diagnostics = crossover.make_child(crossover.operator_of(config), tuple(parent_policies), (x, y).index(fitter),
+        diagnostics = crossover.make_child(crossover.operator_of(config), parent_policies, (x, y).index(fitter),
                                            parent_pair, member.policy, self.env, self.normalizer, config, seed,
                                            f"crossover for member {lm.member.index}")
         lm.member = member

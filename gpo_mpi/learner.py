@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, RunConfig
-from .networks import Critic, GaussianPolicy
+from .networks import Critic, GaussianPolicy, flat_parameters
 
 
 class Adam(torch.optim.Adam):
@@ -80,6 +80,29 @@ class Member:
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.beta = state["beta"]
         self.generator.set_state(state["generator"])
+
+
+class MemberRows:
+    """Members as float32 rows, to move between ranks by one collective: what a child may inherit from a
+    parent (policy, critic, beta, and with `optimizers` both Adam states). beta's float64 travels as its
+    two 32-bit halves, bit for bit."""
+
+    def __init__(self, template: Member, optimizers: bool):
+        self.parts = {"policy": lambda m: flat_parameters(m.policy), "critic": lambda m: flat_parameters(m.critic),
+                      "beta": lambda m: np.array([m.beta], dtype=np.float64).view(np.float32)}
+        if optimizers:
+            self.parts["policy_optimizer"] = lambda m: adam_state(m.policy_optimizer)
+            self.parts["critic_optimizer"] = lambda m: adam_state(m.critic_optimizer)
+        self.widths = [len(part(template)) for part in self.parts.values()]
+
+    def row(self, member: Member) -> np.ndarray:
+        return np.concatenate([part(member) for part in self.parts.values()])
+
+    def columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The parts of (members x row) rows by name, beta back as float64 (members, 1)."""
+        columns = dict(zip(self.parts, np.split(rows, np.cumsum(self.widths)[:-1], axis=1)))
+        columns["beta"] = np.ascontiguousarray(columns["beta"]).view(np.float64)
+        return columns
 
 
 def adam_state(optimizer: torch.optim.Adam) -> np.ndarray:

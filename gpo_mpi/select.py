@@ -1,7 +1,7 @@
 """SELECT: parent pairs by fitness (or at random, without component S).
 
-Plain numpy functions; rank 0 calls them with the population's returns and
-KL matrix and scatters the chosen pairs.
+Plain numpy functions; rank 0 calls `plan` with the population's returns and
+KL matrix and broadcasts the jobs it returns.
 
 Couples are unordered by default: {x, y} can breed once per round, so a
 population of 8 gets 8 different couples. `distinct_couples=False` allows
@@ -11,6 +11,9 @@ the symmetric performance fitness breeds each chosen couple twice.
 from __future__ import annotations
 
 import numpy as np
+
+from . import seeds
+from .config import RunConfig
 
 
 def performance_fitness(member_returns: np.ndarray) -> np.ndarray:
@@ -113,3 +116,19 @@ def breeding_jobs(pairs: np.ndarray, member_returns: np.ndarray, elites: int) ->
     jobs[breeding, :2] = pairs
     jobs[breeding, 2] = fitter_parents(pairs, member_returns)
     return jobs
+
+
+def plan(config: RunConfig, member_returns: np.ndarray, kl: np.ndarray, round_index: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """SELECT's decision after round `round_index`: every slot's job [first parent, second parent, fitter
+    parent] (an elite's: itself, twice) and the fitness of each job's pair."""
+    weight = diversity_weight(round_index, config.n_rounds - 1, config.diversity_weight_start,
+                              config.diversity_weight_end)
+    fitness = mixed_fitness(ranked_returns(member_returns), kl, weight)
+    if config.has("S"):
+        pairs = fittest_pairs(fitness, config.children_per_round, config.distinct_couples)
+    else:
+        pairs = random_pairs(config.population, config.children_per_round,
+                             seeds.random_couples(config.seed, round_index))
+    jobs = breeding_jobs(pairs, member_returns, config.elites)
+    return jobs, pair_fitness(fitness, jobs[:, :2])

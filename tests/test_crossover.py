@@ -1,6 +1,7 @@
 """CROSSOVER in one process: trajectories, the selector, DAgger, parameter-space crossover."""
 
 import numpy as np
+import pytest
 import torch
 
 from gpo_mpi import crossover
@@ -374,3 +375,43 @@ def test_make_child_is_a_function_of_its_seed_and_both_parents_give_layers():
         for name, value in child.state_dict().items():
             sources |= {index for index, parent in enumerate(parents) if torch.equal(value, parent.state_dict()[name])}
     assert sources == {0, 1}
+
+
+@pytest.mark.parametrize("child_init, child_beta, child_optimizer", [("fitter", "fitter", "fitter"),
+                                                                      ("fresh", "initial", "fresh")])
+def test_a_newborn_inherits_from_its_fitter_parents_row_what_the_config_says(child_init, child_beta,
+                                                                              child_optimizer):
+    """Parents travel as learner.MemberRows rows (beta's float64 bit for bit); the newborn takes the fitter's
+    networks, beta and Adam states, or its own seed's and the initial beta."""
+    import dataclasses
+    from gpo_mpi.learner import Member, MemberRows, adam_state
+    from gpo_mpi.networks import flat_parameters
+    config = dataclasses.replace(RunConfig(population=3), child_init=child_init, child_beta=child_beta,
+                                 child_optimizer=child_optimizer)
+    parents = [Member.create(i, 3, 1, config, seed=10 + i) for i in range(3)]
+    for parent in parents:  # an optimizer state that is not zero, and a beta that float32 would round
+        parent.beta = 1.0 / (3.0 + parent.index)
+        mean, log_std = parent.policy(torch.ones(2, 3))
+        loss = mean.sum() + log_std.sum() + parent.critic(torch.ones(2, 3)).sum()
+        loss.backward()
+        parent.policy_optimizer.step()
+        parent.critic_optimizer.step()
+    rows = MemberRows(parents[0], optimizers=child_optimizer == "fitter")
+    columns = rows.columns(np.stack([rows.row(parent) for parent in parents]))
+    assert columns["beta"][:, 0].tolist() == [1 / 3, 1 / 4, 1 / 5]
+    np.testing.assert_array_equal(columns["policy"][2], flat_parameters(parents[2].policy))
+    child = crossover.newborn(1, 3, 1, columns, 2, config, seed=99)
+    fresh = Member.create(1, 3, 1, config, seed=99)
+    if child_init == "fitter":
+        np.testing.assert_array_equal(flat_parameters(child.policy), flat_parameters(parents[2].policy))
+        np.testing.assert_array_equal(flat_parameters(child.critic), flat_parameters(parents[2].critic))
+        assert child.beta == 1 / 5
+        np.testing.assert_array_equal(adam_state(child.policy_optimizer), adam_state(parents[2].policy_optimizer))
+        np.testing.assert_array_equal(adam_state(child.critic_optimizer), adam_state(parents[2].critic_optimizer))
+    else:
+        np.testing.assert_array_equal(flat_parameters(child.policy), flat_parameters(fresh.policy))
+        assert child.beta == config.initial_beta and "policy_optimizer" not in columns
+        assert adam_state(child.policy_optimizer)[0] == 0  # no step taken
+    assert child.index == 1 and torch.equal(child.generator.get_state(), fresh.generator.get_state())
+    pair = crossover.parent_policies(columns, (0, 2), 3, 1, config)
+    np.testing.assert_array_equal(flat_parameters(pair[1]), flat_parameters(parents[2].policy))

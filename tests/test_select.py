@@ -119,3 +119,22 @@ def test_random_pairs_draw_every_ordered_couple():
     np.add.at(counts, (pairs[:, 0], pairs[:, 1]), 1)
     assert np.all(counts[~np.eye(4, dtype=bool)] > 100) and not np.diagonal(counts).any()
     assert {tuple(p) for p in select.random_pairs(2, 50, np.random.default_rng(3))} == {(0, 1), (1, 0)}
+
+
+def test_the_plan_pairs_the_fittest_or_random_couples_and_keeps_the_elites():
+    import dataclasses
+    from gpo_mpi import seeds
+    from gpo_mpi.config import RunConfig
+    returns = np.array([5.0, 1.0, 4.0, 3.0])
+    kl = np.ones((4, 4)) - np.eye(4)
+    config = RunConfig(population=4, rounds=3, elites=1, diversity_weight_start=0.0, diversity_weight_end=0.0)
+    jobs, fitness = select.plan(config, returns, kl, 0)
+    assert jobs[0].tolist() == [0, 0, 0]  # the elite keeps its slot
+    children = jobs[1:]
+    assert {tuple(sorted(job[:2])) for job in children} == {(0, 2), (0, 3), (2, 3)}  # the three fittest couples
+    assert all(job[2] == job[:2][np.argmax(returns[job[:2]])] for job in children)  # the fitter parent
+    np.testing.assert_allclose(fitness[1:], select.pair_fitness(
+        select.mixed_fitness(select.ranked_returns(returns), kl, 0.0), children[:, :2]))
+    random_jobs, _ = select.plan(dataclasses.replace(config, components="CM"), returns, kl, 1)
+    expected = select.random_pairs(4, config.children_per_round, seeds.random_couples(config.seed, 1))
+    np.testing.assert_array_equal(random_jobs, select.breeding_jobs(expected, returns, 1))
