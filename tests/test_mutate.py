@@ -455,8 +455,10 @@ def test_a_data_parallel_update_over_two_ranks_is_the_one_process_update(mutatio
     """Joint's path: each of two ranks (threads here) holds half of one batch; with the sums over ranks the
     step is the one process's on the whole batch (to rounding: the sums add in another order)."""
     import threading
+    # advantages not standardized: at the behaviour policy the loss is -mean(A), which standardizing makes 0,
+    # and then each rank's part of it says nothing about what it was divided by
     config = dataclasses.replace(CONFIG, mutation=mutation, minibatch=minibatch, policy_epochs=3, critic_epochs=3,
-                                 max_grad_norm=0.5)
+                                 max_grad_norm=0.5, normalize_advantages=False)
     whole = Member.create(0, 3, 1, config, seed=4)
     data = pool_batches(whole, [sampled_batch(whole.policy, seed=2)], 0, config)
     halves = [Member.create(0, 3, 1, config, seed=4) for _ in range(2)]
