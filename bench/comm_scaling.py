@@ -75,7 +75,7 @@ def kl_costs(populations: list[int]) -> list[list]:
     m members: its policy's forward on all m x 1,024 states, and its own row of the matrix (kl_rows)."""
     import torch
 
-    from gpo_mpi.mutate import kl_rows
+    from gpo_mpi.sharing import kl_rows
     from gpo_mpi.networks import GaussianPolicy
 
     torch.set_num_threads(1)

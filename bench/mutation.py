@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> the fast tests that cover it
 TESTS = {
     "select": ["tests/test_select.py", "tests/test_properties.py"],
-    "mutate": ["tests/test_mutate.py", "tests/test_properties.py"],
+    "mutate": ["tests/test_mutate.py"],
+    "sharing": ["tests/test_sharing.py", "tests/test_properties.py", "tests/test_mutate.py"],
     "crossover": ["tests/test_crossover.py"],
     "learner": ["tests/test_mutate.py", "tests/test_crossover.py"],
     "seeds": ["tests/test_seeds.py"],

@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from . import checkpoint, crossover, mpi, seeds, select
+from . import checkpoint, crossover, mpi, seeds, select, sharing
 from .config import ConfigError, RunConfig
 from .evaluate import returns_and_lengths
 from .learner import Member, MemberRows
-from .mutate import DataParallel, kl_rows, pool_batches, share_sets, update
+from .mutate import DataParallel, pool_batches, update
 from .networks import flat_parameters
 from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
 from .record import PhaseTimer, Recorder
@@ -311,7 +310,7 @@ class Population:
         config = self.config
         kl = self.measure_kl_matrix()
         epsilon = config.share_epsilon if config.shares_in(round_index) else -np.inf
-        self.share_sets = share_sets(kl, epsilon, config.share_max)
+        self.share_sets = sharing.share_sets(kl, epsilon, config.share_max)
         if self.recorder and step == 0:
             self.recorder.sharing(round_index, self.env_steps + config.steps_per_iteration, kl,
                                   [len(s) for s in self.share_sets])
@@ -353,22 +352,11 @@ class Population:
 
     def measure_kl_matrix(self) -> np.ndarray:
         """KL[pi_i || pi_j] for all members, on states pooled from every member's last batch."""
-        def subsample(member_index: int, batch: Batch) -> np.ndarray:
-            rng = seeds.kl_states(self.config.seed, member_index, self.iteration)
-            count = min(self.config.kl_states_per_member, batch.n_steps)
-            return batch.obs[rng.choice(batch.n_steps, count, replace=False)]
-
-        own_states = np.concatenate([subsample(lm.member.index, b) for lm, b in zip(self.local, self.last_batches)])
+        own_states = np.concatenate([sharing.kl_states(self.config, lm.member.index, self.iteration, batch)
+                                     for lm, batch in zip(self.local, self.last_batches)])
         states, _ = self._mpi(mpi.allgatherv_rows, own_states)
-        with torch.no_grad():  # one row per member: its mean actions on every state, then its log-std
-            local_rows = np.stack([np.concatenate([lm.member.policy(torch.from_numpy(states))[0].numpy().ravel(),
-                                                   lm.member.policy.log_std.detach().numpy()]) for lm in self.local])
-        rows, _ = self._mpi(mpi.allgatherv_rows, local_rows)
-        means, log_stds = rows[:, :-self.act_dim], rows[:, -self.act_dim:]
-        # Each rank computes its own members' rows (the work grows as members x states, not members^2 x
-        # states), and one Allgatherv puts the matrix together.
-        local_kl = kl_rows(means.reshape(len(rows), len(states), self.act_dim), log_stds,
-                           [lm.member.index for lm in self.local])
+        rows, _ = self._mpi(mpi.allgatherv_rows, sharing.policy_rows([lm.member.policy for lm in self.local], states))
+        local_kl = sharing.kl_rows_of(rows, len(states), self.act_dim, [lm.member.index for lm in self.local])
         kl, _ = self._mpi(mpi.allgatherv_rows, local_kl)
         return kl
 

@@ -54,41 +54,6 @@ def a2c_loss(ratios: torch.Tensor, advantages: torch.Tensor, n_rows: int | None 
     return -(ratios * advantages).sum() / max(len(ratios) if n_rows is None else n_rows, 1)
 
 
-def kl_matrix(means: np.ndarray, log_stds: np.ndarray) -> np.ndarray:
-    """KL[pi_i || pi_j] averaged over shared states, for every pair of members.
-
-    `means` is (members, states, act_dim): every member's mean action on the
-    same states; `log_stds` is (members, act_dim). Uses the C++ KL kernel.
-    """
-    return kl_rows(means, log_stds, range(len(means)))
-
-
-def kl_rows(means: np.ndarray, log_stds: np.ndarray, rows) -> np.ndarray:
-    """The rows `rows` of kl_matrix (KL[pi_i || pi_j] for i in rows, every j), each computed as
-    kl_matrix computes it: a rank computes the rows of its own members only."""
-    matrix = np.zeros((len(rows), len(means)))
-    for row, i in enumerate(rows):
-        for j in range(len(means)):
-            if i != j:
-                matrix[row, j] = kernels.diag_gaussian_kl(means[i], log_stds[i], means[j], log_stds[j]).mean()
-    return matrix
-
-
-def share_sets(kl: np.ndarray, epsilon: float, max_others: int = 0) -> list[np.ndarray]:
-    """S_i = {i} and the members j with KL[pi_i, pi_j] < epsilon, in index order.
-
-    With `max_others` > 0, only the nearest `max_others` of those (smallest
-    KL, ties to the lower index) join i.
-    """
-    sets = []
-    for i, row in enumerate(kl):
-        others = np.flatnonzero((row < epsilon) & (np.arange(len(row)) != i))
-        if max_others > 0:
-            others = others[np.argsort(row[others], kind="stable")[:max_others]]
-        sets.append(np.sort(np.append(others, i)))
-    return sets
-
-
 def effective_sample_size(weights: np.ndarray) -> float:
     """Kish's effective sample size (sum w)^2 / sum w^2: the number of equally
     weighted samples that would carry as much information."""

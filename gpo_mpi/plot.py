@@ -193,7 +193,7 @@ def kl_heatmaps(path: str):
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
-    from .mutate import share_sets
+    from .sharing import share_sets
     with open_run(path) as run_file:
         config = stored_config(run_file)
         kl = run_file["rounds/kl_matrix"][()]

@@ -8,8 +8,8 @@ import torch
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
 from gpo_mpi.learner import Member, adam_state, gaussian_kl, load_adam_state
-from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, kl_matrix, kl_rows,
-                            pool_batches, ppo_loss, share_sets, standardize, update)
+from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, pool_batches, ppo_loss,
+                            standardize, update)
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
@@ -73,42 +73,6 @@ def test_torch_kl_matches_the_kernel():
     torch_kl = gaussian_kl(*(torch.from_numpy(a) for a in (mean_p, log_std_p, mean_q, log_std_q)))
     np.testing.assert_allclose(torch_kl.numpy(), kernels.diag_gaussian_kl(mean_p, log_std_p, mean_q, log_std_q),
                                rtol=1e-12)
-
-
-def test_kl_matrix_zero_diagonal_and_closed_form():
-    rng = np.random.default_rng(3)
-    means = rng.normal(size=(3, 50, 2))
-    log_stds = 0.3 * rng.normal(size=(3, 2))
-    matrix = kl_matrix(means, log_stds)
-    np.testing.assert_array_equal(np.diag(matrix), 0.0)
-    for i in range(3):
-        for j in range(3):
-            p = torch.distributions.Normal(torch.from_numpy(means[i]), torch.from_numpy(np.exp(log_stds[i])))
-            q = torch.distributions.Normal(torch.from_numpy(means[j]), torch.from_numpy(np.exp(log_stds[j])))
-            expected = torch.distributions.kl_divergence(p, q).sum(-1).mean().item()
-            assert matrix[i, j] == pytest.approx(expected, rel=1e-10, abs=1e-12)
-    assert matrix[0, 1] != pytest.approx(matrix[1, 0])  # KL is not symmetric
-    # a rank's own rows are the matrix's rows, bit for bit
-    np.testing.assert_array_equal(kl_rows(means, log_stds, [2, 0]), matrix[[2, 0]])
-
-
-def test_share_sets():
-    kl = np.array([[0.0, 0.05, 0.5], [0.2, 0.0, 0.01], [0.3, 0.02, 0.0]])
-    assert [list(s) for s in share_sets(kl, 0.1)] == [[0, 1], [1, 2], [1, 2]]
-    assert [list(s) for s in share_sets(kl, np.inf)] == [[0, 1, 2]] * 3
-    assert [list(s) for s in share_sets(kl, 0.0)] == [[0], [1], [2]]
-
-
-def test_share_sets_keep_the_nearest_members():
-    kl = np.array([[0.0, 0.4, 0.1, 0.3],
-                   [0.2, 0.0, 0.2, 0.9],
-                   [0.5, 0.6, 0.0, 0.7],
-                   [0.1, 0.1, 0.1, 0.0]])
-    # one other member: the nearest by KL; ties go to the lower index
-    assert [list(s) for s in share_sets(kl, np.inf, max_others=1)] == [[0, 2], [0, 1], [0, 2], [0, 3]]
-    assert [list(s) for s in share_sets(kl, np.inf, max_others=2)] == [[0, 2, 3], [0, 1, 2], [0, 1, 2], [0, 1, 3]]
-    # epsilon first, then the limit: member 2 has no one below 0.45
-    assert [list(s) for s in share_sets(kl, 0.45, max_others=2)] == [[0, 2, 3], [0, 1, 2], [2], [0, 1, 3]]
 
 
 def test_effective_sample_size_hand_computed():
@@ -538,16 +502,6 @@ def test_gradients_are_clipped_to_max_grad_norm_and_not_at_all_at_zero():
         _step([optimizer], [list(network.parameters())], loss, max_grad_norm, None)
         norm = float(torch.cat([p.grad.reshape(-1) for p in network.parameters()]).norm())
         assert norm == pytest.approx(expected if expected else 400.0 * 2.0, rel=1e-5)  # |grad| = 400 x |(1,1,1,1)|
-
-
-def test_share_set_ties_go_to_the_lower_index_in_a_large_population():
-    """32 members, the KLs in three tied values (numpy's default sort is not stable beyond 16 elements)."""
-    kl = np.random.default_rng(0).integers(1, 4, size=(32, 32)).astype(float)
-    np.fill_diagonal(kl, 0.0)
-    for i, chosen in enumerate(share_sets(kl, 10.0, max_others=12)):
-        others = np.array([j for j in range(32) if j != i])
-        nearest = others[np.argsort(kl[i, others], kind="stable")[:12]]
-        np.testing.assert_array_equal(chosen, np.sort(np.append(nearest, i)))
 
 
 def test_an_a2c_update_takes_one_full_batch_policy_step():

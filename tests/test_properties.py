@@ -10,7 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from gpo_mpi import kernels
 from gpo_mpi.kernels import reference
-from gpo_mpi.mutate import share_sets
+from gpo_mpi.sharing import share_sets
 from gpo_mpi.select import breeding_jobs, candidate_couples, fittest_pairs, ranked_returns
 
 # no per-example deadline: a loaded CI machine is slow, and only the result is under test

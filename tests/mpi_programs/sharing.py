@@ -10,7 +10,8 @@ import numpy as np
 from gpo_mpi import mpi
 from gpo_mpi.config import RunConfig
 from gpo_mpi.engine import Population
-from gpo_mpi.mutate import pool_batches, share_sets
+from gpo_mpi.mutate import pool_batches
+from gpo_mpi.sharing import share_sets
 
 comm = mpi.world()
 mpi.abort_on_uncaught_exception(comm)
