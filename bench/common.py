@@ -129,7 +129,7 @@ def held_out_return(path: Path, episodes: int = 10) -> float:
     if stored.get("held_out", {}).get("episodes") == episodes:
         return stored["held_out"]["return"]
     from gpo_mpi.summary import held_out_return as evaluate_held_out
-    from gpo_mpi.tools import read_member
+    from gpo_mpi.saved import read_member
 
     _, best = read_member(str(path), None)
     value = evaluate_held_out(str(path), best, episodes)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from common import git_commit, write_table
-from gpo_mpi import crossover, select, tools
+from gpo_mpi import crossover, saved, select, tools
 from gpo_mpi.evaluate import episode_returns
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec
@@ -130,7 +130,7 @@ def main() -> None:
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
-    run = tools.load_run(str(parents_file))
+    run = saved.load_run(str(parents_file))
     config, policies, final_returns = run.config, run.policies, run.final_returns
     pairs = select.fittest_pairs(select.performance_fitness(final_returns), 8)
     pairs = np.where((final_returns[pairs[:, 0]] >= final_returns[pairs[:, 1]])[:, None], pairs, pairs[:, ::-1])

@@ -29,6 +29,14 @@ from .networks import GaussianPolicy, Selector, load_flat_parameters, numpy_forw
 from .rollout import Batch, EnvSpec, ObsNormalizer, Sampler
 
 
+def recorder_stride(config: RunConfig) -> int:
+    """How sparsely a member's sampler keeps the states of its episodes for the selector: about twice the
+    selector's states per member and round (every state when it takes all)."""
+    if not config.selector_states:
+        return 1
+    return max(1, config.iterations_per_round * config.batch_steps // (2 * config.selector_states))
+
+
 def trajectory_bounds(batch: Batch) -> list[tuple[int, int]]:
     """(start, end) rows of each trajectory in a batch: runs ending at an
     episode end or a column cut (a cut-off trajectory counts as one)."""

@@ -23,17 +23,16 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from . import checkpoint, crossover, mpi, seeds, select, sharing
+from . import checkpoint, crossover, mpi, seeds, select, sharing, slots
 from .config import ConfigError, RunConfig
 from .evaluate import returns_and_lengths
 from .learner import Member, MemberRows
 from .mutate import DataParallel, pool_batches, update
 from .networks import flat_parameters
-from .rollout import Batch, EnvSpec, EpisodeRecorder, ObsNormalizer, Sampler, UnusableEnvironment
+from .rollout import Batch, EnvSpec, ObsNormalizer, UnusableEnvironment
 from .record import PhaseTimer, Recorder
 from .runfile import RunFileWriter
 
@@ -44,13 +43,6 @@ def agree_on_startup(comm, message: str | None) -> None:
     if failure is not None:
         rank, first_message = failure
         raise ConfigError(first_message + (f" (on rank {rank})" if comm.Get_size() > 1 else ""))
-
-
-def recorder_stride(config: RunConfig) -> int:
-    """Keep about twice the selector's states per member and round (every state when it takes all)."""
-    if not config.selector_states:
-        return 1
-    return max(1, config.iterations_per_round * config.batch_steps // (2 * config.selector_states))
 
 
 def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=lambda: False) -> bool:
@@ -79,14 +71,6 @@ def run(config: RunConfig, comm, resume: bool = False, signalled_before_start=la
     return True
 
 
-@dataclass
-class LocalMember:
-    """One member slot of this rank (Joint: one sampler slot, all sharing the one policy)."""
-    member: Member
-    sampler: Sampler
-    sampler_seed: int  # restarts derive their seeds from it
-
-
 class Population:
     """One rank's share of the population and the phases of a round."""
 
@@ -98,7 +82,8 @@ class Population:
         message = None
         try:  # environments may fail on some ranks only (a user class, a node without a library)
             self.obs_dim, self.act_dim = self.env.space_sizes()
-            self.local = self.make_slots()
+            self.local = slots.make(config, self.env, self.rank, self.n_ranks, self.obs_dim, self.act_dim)
+            self.first_slot = config.member_slots(self.rank, self.n_ranks).start
         except UnusableEnvironment as error:
             message = str(error)
         agree_on_startup(comm, message)
@@ -144,42 +129,12 @@ class Population:
 
     def start_from(self, path: str) -> None:
         """Every member (and the observation statistics) from the best policy of another run."""
-        from .tools import read_member
         message = None
         try:
-            run, best = read_member(path, None)
-            if run.normalizer.mean.shape != (self.obs_dim,) or run.policies[best].log_std.shape != (self.act_dim,):
-                raise ConfigError(f"its observations and actions ({run.normalizer.mean.shape[0]}, "
-                                  f"{run.policies[best].log_std.shape[0]}) differ from {self.config.env}'s "
-                                  f"({self.obs_dim}, {self.act_dim})")
-            for member in self.members:
-                member.policy.load_state_dict(run.policies[best].state_dict())
-                member.critic.load_state_dict(run.critics[best].state_dict())
-            self.normalizer.load_state(run.normalizer.state())
-        except (ConfigError, RuntimeError) as error:  # RuntimeError: other hidden layer sizes
+            slots.warm_start(self.members, self.normalizer, path, self.obs_dim, self.act_dim, self.config.env)
+        except ConfigError as error:
             message = f"--init-from {path}: {error}"
         agree_on_startup(self.comm, message)
-
-    def make_slots(self) -> list[LocalMember]:
-        """This rank's member slots: networks and samplers (Joint: sampler slots of its one policy)."""
-        config = self.config
-        slots = config.member_slots(self.rank, self.n_ranks)
-        self.first_slot = slots.start
-        if self.joint:  # one policy, the same initial weights on every rank
-            joint_member = Member.create(0, self.obs_dim, self.act_dim, config, seeds.member(config.seed, 0))
-            members = [joint_member] * len(slots)
-        else:
-            members = [Member.create(i, self.obs_dim, self.act_dim, config, seeds.member(config.seed, i))
-                       for i in slots]
-        # Crossover's selector learns from each parent's whole round of episodes.
-        records_episodes = config.has("C") and config.crossover_operator == "state"
-        local = []
-        for slot, member in zip(slots, members):
-            recorder = EpisodeRecorder(config.n_envs, recorder_stride(config)) if records_episodes else None
-            name = f"joint sampler {slot}" if self.joint else f"member {slot}"
-            seed = seeds.training_environments(config.seed, slot)
-            local.append(LocalMember(member, Sampler(self.env, config.n_envs, seed, name, recorder), seed))
-        return local
 
     @property
     def members(self) -> list[Member]:
@@ -246,11 +201,10 @@ class Population:
         """Whether any rank got a stop signal, agreed by all (in mutate it rides on the statistics' Allreduce)."""
         self.stop_agreed = self._mpi(mpi.allreduce_sum, np.array([float(self.stop_requested)]))[0] > 0
 
-    def restart_samplers(self, slots: list[LocalMember] | None = None) -> None:
-        """New episodes in these slots' environments (default: all), seeded by slot and iteration: for
-        a newborn child, and at checkpoints where the environments cannot be snapshotted."""
-        for lm in self.local if slots is None else slots:
-            lm.sampler.restart(seeds.restart(lm.sampler_seed, self.iteration))
+    def restart_samplers(self, local: list[slots.LocalMember] | None = None) -> None:
+        """New episodes in these slots' environments (default: all): for a newborn child, and at
+        checkpoints where the environments cannot be snapshotted."""
+        slots.restart(self.local if local is None else local, self.iteration)
 
     def checkpoint(self, round_index: int, step_in_round: int) -> None:
         """Save everything needed to go on from (round, step) into the run file, after checking that every
@@ -442,7 +396,7 @@ class Population:
         return {index: (np.ascontiguousarray(received[members == index, 2:], dtype=np.float32),
                         received[members == index, 1]) for index in np.unique(members)}
 
-    def breed(self, lm: LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
+    def breed(self, lm: slots.LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
               parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
         """Replace `lm`'s member by the child of x and y (`parents`: gather_parents' rows; an elite, x == y ==
         its own slot, stays as it is). Returns the crossover diagnostics."""

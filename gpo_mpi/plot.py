@@ -24,7 +24,8 @@ from . import select
 from .config import ConfigError
 from .paths import ensure_output_directory
 from .runfile import open_run, stored_config
-from .tools import breed_couple, load_run
+from .saved import load_run
+from .tools import breed_couple
 
 FIGURES = ("curves", "kl", "family", "states")
 

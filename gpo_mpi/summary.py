@@ -57,7 +57,7 @@ def held_out_return(path: str, member: int, episodes: int = HELD_OUT_EPISODES) -
     of the run saw."""
     from .evaluate import episode_returns
     from .rollout import EnvSpec
-    from .tools import read_member
+    from .saved import read_member
 
     run, member = read_member(path, member)
     returns = episode_returns(run.policies[member], run.normalizer, EnvSpec.of(run.config), episodes,

@@ -150,7 +150,7 @@ def study(plan: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_a_summary_holds_what_the_run_file_says(study_runs):
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
-    from gpo_mpi.tools import load_run
+    from gpo_mpi.saved import load_run
     root, _, _ = study_runs
     path = root / "runs" / "tiny" / "gpo-Pendulum-v1-s1.h5"
     stored = summary.read(root / "results" / "tiny" / "gpo-Pendulum-v1-s1.json")

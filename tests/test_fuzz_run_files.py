@@ -89,14 +89,14 @@ def damage(source, target, generator: np.random.Generator) -> str:
 
 def readers(path, config_arguments) -> dict:
     """What each tool reads, in this process."""
-    from gpo_mpi import checkpoint, compare, runfile, tools
+    from gpo_mpi import checkpoint, compare, runfile, saved
     from gpo_mpi.cli import build_parser
     from gpo_mpi.config import from_arguments
 
     def resume():
         config = from_arguments(build_parser().parse_args([*config_arguments, "--out", str(path)]), 1)
         return checkpoint.read(str(path), config, 1)
-    return {"info": lambda: runfile.info(str(path)), "policies": lambda: tools.load_run(str(path)),
+    return {"info": lambda: runfile.info(str(path)), "policies": lambda: saved.load_run(str(path)),
             "resume": resume, "compare": lambda: compare.load([str(path)])}
 
 

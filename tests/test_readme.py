@@ -34,7 +34,7 @@ def test_the_first_run_and_the_tools_after_it_work_as_written(tmp_path):
     from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
-    from gpo_mpi.tools import read_member
+    from gpo_mpi.saved import read_member
     blocks = bash_blocks(README.read_text())
     [first_run] = [block for block in blocks if any("--preset smoke" in line for line in block)]
     tools = blocks[blocks.index(first_run) + 1]

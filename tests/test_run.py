@@ -436,7 +436,7 @@ def assert_evaluation_repeats(path, evaluation):
     from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
-    from gpo_mpi.tools import load_run
+    from gpo_mpi.saved import load_run
     finished = load_run(str(path))
     for index, policy in enumerate(finished.policies):
         returns = episode_returns(policy, finished.normalizer, EnvSpec.of(finished.config), evaluation.shape[1],

@@ -81,7 +81,7 @@ def test_exported_policy_runs_without_gpo_mpi_on_any_float_dtype(finished_run, t
                             str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0, plain.stderr
     mean64, mean32, sampled, value = np.load(tmp_path / "out.npy")
-    from gpo_mpi.tools import read_member
+    from gpo_mpi.saved import read_member
     run, _ = read_member(str(finished_run), 0)
     normalized = run.normalizer(obs)
     np.testing.assert_allclose(mean64, run.policies[0].numpy_mean()(normalized)[:, 0], rtol=1e-5, atol=1e-6)
@@ -101,7 +101,7 @@ def test_load_policy_acts_like_the_run_and_reads_stopped_runs(mpirun, finished_r
     import gpo_mpi
     policy = gpo_mpi.load_policy(str(finished_run), member=1)
     obs = np.random.default_rng(1).normal(size=(4, 3))
-    from gpo_mpi.tools import read_member
+    from gpo_mpi.saved import read_member
     run, _ = read_member(str(finished_run), 1)
     expected = run.policies[1].numpy_mean()(run.normalizer(obs))
     for dtype in (torch.float64, torch.float32):
@@ -208,8 +208,8 @@ def test_breeding_a_couple_gives_the_selector_as_many_states_as_a_run(gpo_run, m
     states of each parent's best episodes, as in a run (one batch of 64 steps holds at most 60)."""
     import dataclasses
 
-    from gpo_mpi import crossover, tools
-    run = tools.load_run(str(gpo_run))
+    from gpo_mpi import crossover, saved, tools
+    run = saved.load_run(str(gpo_run))
     config = dataclasses.replace(run.config, selector_states=100)
     given = {}
     monkeypatch.setattr(crossover, "make_child",
@@ -336,7 +336,7 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     from gpo_mpi import seeds
     from gpo_mpi.evaluate import episode_returns
     from gpo_mpi.rollout import EnvSpec
-    from gpo_mpi.tools import read_member
+    from gpo_mpi.saved import read_member
     from test_resume import assert_same_run, run_file_contents
     import h5py
     arguments = [*TINY, "--population", "4", "--rounds", "2", "--total-steps", "3072", "--expert-steps", "64",
