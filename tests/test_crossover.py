@@ -348,7 +348,7 @@ def test_selector_data_keeps_the_best_trajectories_and_draws_states_without_repl
 
 def test_make_child_is_a_function_of_its_seed_and_both_parents_give_layers():
     torch.manual_seed(6)
-    parents = (GaussianPolicy(3, 1), GaussianPolicy(3, 1))
+    parents = (GaussianPolicy(3, 1, init_log_std=-1.0), GaussianPolicy(3, 1, init_log_std=0.3))
     env, config = EnvSpec("Pendulum-v1", horizon=20), RunConfig(env="Pendulum-v1", expert_steps=40,
                                                                  dagger_iterations=1, dagger_steps=20,
                                                                  dagger_epochs=1, selector_epochs=1)
@@ -372,8 +372,10 @@ def test_make_child_is_a_function_of_its_seed_and_both_parents_give_layers():
         again = GaussianPolicy(3, 1)
         crossover.make_child("parameter", parents, 0, None, again, env, ObsNormalizer(3, 10.0), config, seed, "p")
         assert torch.equal(flat(child), flat(again))
-        for name, value in child.state_dict().items():
-            sources |= {index for index, parent in enumerate(parents) if torch.equal(value, parent.state_dict()[name])}
+        for name, value in child.state_dict().items():  # biases start at zero in both parents: say nothing
+            if not name.endswith("bias"):
+                sources |= {index for index, parent in enumerate(parents)
+                            if torch.equal(value, parent.state_dict()[name])}
     assert sources == {0, 1}
 
 
@@ -386,8 +388,8 @@ def test_a_newborn_inherits_from_its_fitter_parents_row_what_the_config_says(chi
     import dataclasses
     from gpo_mpi.learner import Member, MemberRows, adam_state
     from gpo_mpi.networks import flat_parameters
-    config = dataclasses.replace(RunConfig(population=3), child_init=child_init, child_beta=child_beta,
-                                 child_optimizer=child_optimizer)
+    config = dataclasses.replace(RunConfig(population=3, policy_hidden=(16,)), child_init=child_init,
+                                 child_beta=child_beta, child_optimizer=child_optimizer)
     parents = [Member.create(i, 3, 1, config, seed=10 + i) for i in range(3)]
     for parent in parents:  # an optimizer state that is not zero, and a beta that float32 would round
         parent.beta = 1.0 / (3.0 + parent.index)
@@ -415,3 +417,83 @@ def test_a_newborn_inherits_from_its_fitter_parents_row_what_the_config_says(chi
     assert child.index == 1 and torch.equal(child.generator.get_state(), fresh.generator.get_state())
     pair = crossover.parent_policies(columns, (0, 2), 3, 1, config)
     np.testing.assert_array_equal(flat_parameters(pair[1]), flat_parameters(parents[2].policy))
+
+
+def test_a_batch_that_ends_at_an_episode_end_has_no_empty_trajectory():
+    batch = synthetic_batch(0.0, n_steps=12, episode=4)  # episodes end at steps 4, 8 and 12
+    assert crossover.trajectory_bounds(batch) == [(0, 4), (4, 8), (8, 12)]
+
+
+def test_a_trajectorys_return_is_summed_in_float64():
+    batch = synthetic_batch(0.0, n_steps=4, episode=4)._replace(rewards=np.array([1e8, 1, -1e8, 0], np.float32))
+    assert [episode_return for _, episode_return in crossover.batch_trajectories(batch)] == [1.0]
+
+
+def test_equal_returns_weigh_every_state_alike():
+    weights = crossover.return_weights(np.full(5, 2.0))
+    assert weights.shape == (5,) and weights.tolist() == [1.0] * 5
+
+
+def test_the_selector_stops_exactly_patience_epochs_after_its_best(monkeypatch):
+    """A learning rate too small to move the weights: the held-out loss is best at the first epoch and never
+    improves, so training runs 1 + selector_patience epochs."""
+    epochs_run = []
+    monkeypatch.setattr(crossover, "minibatch_indices",
+                        lambda *args: epochs_run.append(1) or iter(list(minibatch_indices(*args))))
+    rng = np.random.default_rng(1)
+    states, labels = rng.normal(size=(40, 3)).astype(np.float32), rng.integers(0, 2, 40)
+    config = RunConfig(selector_epochs=50, selector_patience=3, selector_lr=1e-30, crossover_minibatch=64)
+    crossover.train_selector(Selector(3), states, labels, np.ones(40), config, torch.Generator().manual_seed(0))
+    assert len(epochs_run) == 4
+
+
+def test_the_selector_trains_on_float64_states_as_on_float32():
+    rng = np.random.default_rng(2)
+    states, labels = rng.normal(size=(50, 3)), rng.integers(0, 2, 50)
+    config = RunConfig(selector_epochs=3, selector_patience=0, crossover_minibatch=16)
+    losses = []
+    for dtype in (np.float64, np.float32):
+        torch.manual_seed(0)
+        losses.append(crossover.train_selector(Selector(3), states.astype(dtype), labels, np.ones(50), config,
+                                               torch.Generator().manual_seed(0)))
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("expert_choice", ["argmax", "sample"])
+def test_state_space_crossover_builds_the_selector_and_expert_the_config_names(monkeypatch, expert_choice):
+    built = {}
+
+    class RecordedSelector(Selector):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built["selector"] = self
+
+    class RecordedExpert(crossover.Expert):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built["expert"] = self
+    monkeypatch.setattr(crossover, "Selector", RecordedSelector)
+    monkeypatch.setattr(crossover, "Expert", RecordedExpert)
+    config = RunConfig(env="Pendulum-v1", expert_steps=20, dagger_iterations=1, dagger_steps=20, dagger_epochs=1,
+                       selector_epochs=1, selector_hidden=(8,), expert_choice=expert_choice)
+    env, normalizer = EnvSpec("Pendulum-v1", horizon=20), ObsNormalizer(3, 10.0)
+    parents = (GaussianPolicy(3, 1), GaussianPolicy(3, 1))
+    data = [crossover.selector_data(crossover.batch_trajectories(synthetic_batch(c, n_steps=40)), 1.0, 0,
+                                    np.random.default_rng(0)) for c in (1.0, -1.0)]
+    crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 1), env, normalizer, config, 0, "t")
+    layers = [module.out_features for module in built["selector"].modules() if isinstance(module, torch.nn.Linear)]
+    assert layers == [8, 2] and built["expert"].choice == expert_choice
+
+
+def test_a_non_finite_reward_during_crossover_names_the_childs_crossover():
+    from gpo_mpi.rollout import NonFiniteError
+    config = RunConfig(env="user_envs:ReachTarget", expert_steps=20, dagger_iterations=1, dagger_steps=20,
+                       dagger_epochs=1, selector_epochs=1)
+    env = EnvSpec("user_envs:ReachTarget", kwargs={"dim": 3, "target": float("nan")})
+    parents = (GaussianPolicy(3, 3), GaussianPolicy(3, 3))
+    data = [crossover.selector_data(crossover.batch_trajectories(synthetic_batch(c, n_steps=40)), 1.0, 0,
+                                    np.random.default_rng(0)) for c in (1.0, -1.0)]
+    with pytest.raises(NonFiniteError, match=r"^crossover for member 5: environment user_envs:ReachTarget returned "
+                                             r"non-finite"):
+        crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 3), env, ObsNormalizer(3, 10.0),
+                             config, 0, "crossover for member 5")
