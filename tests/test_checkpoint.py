@@ -125,3 +125,66 @@ def test_the_line_that_ends_a_failed_job_says_what_the_file_keeps(tmp_path):
     assert checkpoint.kept(path) == f"{path} could not be read back"
     (tmp_path / "text.h5").write_text("not a run\n")
     assert checkpoint.kept(str(tmp_path / "text.h5")) == f"{tmp_path / 'text.h5'} could not be read back"
+
+
+def test_a_field_that_only_one_side_has_is_a_different_configuration(tmp_path):
+    """A run file from a version without some field (or with one this version lacks) is not resumed."""
+    import json
+    path = run_with_checkpoint(tmp_path)
+    edit(path, lambda f: f.attrs.modify("config", json.dumps({**{k: v for k, v in json.loads(f.attrs["config"]).items()
+                                                                 if k != "share_rows"}, "retired": 1})))
+    with pytest.raises(ConfigError) as error:
+        checkpoint.read(path, CONFIG, 2)
+    assert str(error.value).endswith(f"a different configuration: retired (1 in the file, None now), share_rows "
+                                     f"(None in the file, {CONFIG.share_rows} now)")
+
+
+def test_a_ranks_members_and_samplers_come_back_from_their_state(tmp_path):
+    """rank_state / load_rank_state through the run file: networks, optimizers, beta, generator and the
+    sampler's environments, last observations and episode returns; a member in the wrong slot is refused."""
+    from gpo_mpi.learner import Member
+    from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
+    config = RunConfig(env="Pendulum-v1", population=2, batch_steps=32)
+    env = EnvSpec("Pendulum-v1", horizon=20)
+
+    def rank_parts():
+        members = [Member.create(i, 3, 1, config, seed=i) for i in range(2)]
+        samplers = [Sampler(env, 2, 10 + i, f"member {i}") for i in range(2)]
+        return members, samplers
+    members, samplers = rank_parts()
+    normalizer = ObsNormalizer(3, 10.0)
+    for member, sampler in zip(members, samplers):
+        sampler.sample(member.policy, normalizer, 30)  # mid-episode: horizon 20, 15 steps per environment
+        member.beta = 0.25 + member.index
+    path = str(tmp_path / "run.h5")
+    RunFileWriter(path, CONFIG, 1).commit(lambda run_file: checkpoint.write_group(
+        run_file, checkpoint.shared_state(checkpoint.Position(1, 3, 9, 999, [np.array([0, 1])], normalizer.state(),
+                                                              12.5), {"windows": []}),
+        [checkpoint.rank_state(members, samplers, captures_environments=True)]))
+    shared, (state,) = checkpoint.read(path, CONFIG, 1)
+    position = checkpoint.Position.of(shared)
+    assert (position.round_index, position.step_in_round, position.iteration, position.env_steps,
+            position.elapsed) == (1, 3, 9, 999, 12.5) and shared["windows"] == []
+    np.testing.assert_array_equal(position.normalizer, normalizer.state())
+    loaded_members, loaded_samplers = rank_parts()
+    checkpoint.load_rank_state(state, loaded_members, loaded_samplers)
+    for a, b in zip(members, loaded_members):
+        assert a.beta == b.beta and torch.equal(a.generator.get_state(), b.generator.get_state())
+        for p, q in zip(a.policy.parameters(), b.policy.parameters()):
+            assert torch.equal(p, q)
+    for a, b in zip(samplers, loaded_samplers):  # the same next batch, bit for bit
+        batch_a, _ = a.sample(members[0].policy, ObsNormalizer(3, 10.0), 10)
+        batch_b, _ = b.sample(members[0].policy, ObsNormalizer(3, 10.0), 10)
+        np.testing.assert_array_equal(batch_a.obs, batch_b.obs)
+    swapped, _ = rank_parts()
+    with pytest.raises(ConfigError, match="checkpoint holds member 0 where member 1 was expected"):
+        checkpoint.load_rank_state(state, swapped[::-1], samplers)
+    with pytest.raises(ConfigError, match="from an older gpo-mpi"):
+        checkpoint.load_rank_state({"members": state["members"]}, loaded_members, loaded_samplers)
+    # the tools' view: every member's state in member order, across ranks
+    halves = [{"members": [state["members"][1]]}, {"members": [state["members"][0]]}]
+    ordered, statistics, iteration = checkpoint.member_states(path, shared, halves, 2)
+    assert [m["index"] for m in ordered] == [0, 1] and iteration == 9
+    np.testing.assert_array_equal(statistics, normalizer.state())
+    with pytest.raises(ConfigError, match=rf"^the checkpoint in {path} is damaged \(KeyError: 1\)$"):
+        checkpoint.member_states(path, shared, halves[1:], 2)
