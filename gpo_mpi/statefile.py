@@ -92,8 +92,8 @@ def write(parent: h5py.Group, name: str, tree) -> None:
         del parent[name]
     group = parent.create_group(name)
     group.create_dataset(LAYOUT, data=json.dumps(layout, separators=(",", ":")))
-    for dtype, chunks in arrays.items():
-        data = np.concatenate(chunks) if chunks else np.zeros(0, dtype)
+    for dtype, chunks in arrays.items():  # every dtype named holds at least one array
+        data = np.concatenate(chunks)
         group.create_dataset(dtype, data=data, fletcher32=len(data) > 0, chunks=(min(len(data), 1 << 18),)
                              if len(data) else None)
 
