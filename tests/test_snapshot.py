@@ -91,3 +91,66 @@ def test_user_environments_are_captured_only_through_the_protocol():
 def test_an_unknown_wrapper_makes_an_environment_uncapturable():
     env = gym.wrappers.ClipReward(EnvSpec("Pendulum-v1").make(), -1, 1)
     assert snapshot.capturable(EnvSpec("Pendulum-v1").make()) and not snapshot.capturable(env)
+
+
+class CountingWrapper(gym.Wrapper):
+    """A user's wrapper with state of its own, kept through the protocol."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.seen = 0
+
+    def step(self, action):
+        self.seen += 1
+        return self.env.step(action)
+
+    def gpo_get_state(self):
+        return {"seen": self.seen}
+
+    def gpo_set_state(self, state):
+        self.seen = state["seen"]
+
+
+def test_the_protocol_is_what_is_stored_for_an_environment_or_wrapper_that_has_it():
+    env = CountingWrapper(gym.wrappers.TimeLimit(CapturedCounter(), 10))
+    assert snapshot.capturable(env)
+    env.reset()
+    for _ in range(3):
+        env.step(np.zeros(1))
+    taken = snapshot.capture(env)
+    assert taken[0] == {"protocol": {"seen": 3}} and taken[-1] == {"protocol": 3}
+    fresh = CountingWrapper(gym.wrappers.TimeLimit(CapturedCounter(), 10))
+    fresh.reset()
+    snapshot.restore(fresh, taken)
+    assert fresh.seen == 3 and fresh.step(np.zeros(1))[0][0] == 4
+    plain = CountingWrapper(EnvSpec("Pendulum-v1").make())  # the protocol wrapper around a plain environment
+    plain.reset(seed=0)
+    assert snapshot.capture(plain)[0] == {"protocol": {"seen": 0}}
+    with pytest.raises(ValueError, match=r"^the snapshot has 5 layers, the environment 2$"):
+        snapshot.restore(gym.wrappers.TimeLimit(CapturedCounter(), 10), snapshot.capture(plain))
+
+
+class HasData(Counter):
+    """Not MuJoCo, but with a `data` attribute."""
+    data = np.zeros(3)
+
+
+def test_only_mujoco_environments_are_captured_as_mujoco():
+    assert not snapshot.capturable(gym.wrappers.TimeLimit(HasData(), 10))
+
+
+def test_a_snapshot_of_a_plain_environment_is_independent_of_it_and_storable():
+    """Changing the environment's arrays in place after a capture (or after a restore) changes neither the
+    snapshot nor what it restores; what it holds is what a checkpoint can store."""
+    from gpo_mpi import statefile
+    env = EnvSpec("Pendulum-v1").make()
+    env.reset(seed=1)
+    taken = snapshot.capture(env)
+    assert statefile.storable(taken)
+    state = env.unwrapped.state.copy()
+    env.unwrapped.state += 1.0  # in place
+    snapshot.restore(env, taken)
+    np.testing.assert_array_equal(env.unwrapped.state, state)
+    env.unwrapped.state += 1.0
+    snapshot.restore(env, taken)
+    np.testing.assert_array_equal(env.unwrapped.state, state)
