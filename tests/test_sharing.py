@@ -50,3 +50,36 @@ def test_share_set_ties_go_to_the_lower_index_in_a_large_population():
         others = np.array([j for j in range(32) if j != i])
         nearest = others[np.argsort(kl[i, others], kind="stable")[:12]]
         np.testing.assert_array_equal(chosen, np.sort(np.append(nearest, i)))
+
+
+def test_the_kl_states_policy_rows_and_each_ranks_kl_rows_are_the_matrix_of_the_policies():
+    """A member's states for the pool: kl_states_per_member distinct rows of its batch (all of a smaller one),
+    the same for the same seed, member and iteration; policy rows carry each policy's mean actions and log-std;
+    any ranks' rows put together are the KL matrix of those policies."""
+    from gpo_mpi.config import RunConfig
+    from gpo_mpi.networks import GaussianPolicy
+    from gpo_mpi.rollout import Batch
+    from gpo_mpi.sharing import kl_rows_of, kl_states, policy_rows
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(50, 3)).astype(np.float32)
+    batch = Batch(obs=obs, actions=np.zeros((50, 2), np.float32), log_probs=np.zeros(50, np.float32),
+                  rewards=np.zeros(50, np.float32), next_obs=obs, terminated=np.zeros(50, bool),
+                  truncated=np.zeros(50, bool))
+    config = RunConfig(kl_states=20, seed=3)
+    states = kl_states(config, 1, 7, batch)
+    rows_of_batch = [int(np.flatnonzero((obs == state).all(axis=1))[0]) for state in states]
+    assert len(states) == 20 == len(set(rows_of_batch))
+    np.testing.assert_array_equal(kl_states(config, 1, 7, batch), states)
+    assert not np.array_equal(kl_states(config, 1, 8, batch), states)
+    assert not np.array_equal(kl_states(config, 2, 7, batch), states)
+    assert len(kl_states(RunConfig(kl_states=80), 1, 7, batch)) == 50
+    torch.manual_seed(1)
+    policies = [GaussianPolicy(3, 2, init_log_std=s) for s in (-0.5, 0.0, 0.4)]
+    rows = policy_rows(policies, states)
+    with torch.no_grad():
+        means = np.stack([policy(torch.from_numpy(states))[0].numpy() for policy in policies])
+    np.testing.assert_array_equal(rows[:, :40].reshape(3, 20, 2), means)
+    np.testing.assert_array_equal(rows[:, 40:], [[-0.5, -0.5], [0.0, 0.0], [0.4, 0.4]])
+    matrix = kl_matrix(means, rows[:, 40:])
+    np.testing.assert_array_equal(np.concatenate([kl_rows_of(rows, 20, 2, [0, 1]), kl_rows_of(rows, 20, 2, [2])]),
+                                  matrix)
