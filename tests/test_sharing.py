@@ -79,7 +79,7 @@ def test_the_kl_states_policy_rows_and_each_ranks_kl_rows_are_the_matrix_of_the_
     with torch.no_grad():
         means = np.stack([policy(torch.from_numpy(states))[0].numpy() for policy in policies])
     np.testing.assert_array_equal(rows[:, :40].reshape(3, 20, 2), means)
-    np.testing.assert_array_equal(rows[:, 40:], [[-0.5, -0.5], [0.0, 0.0], [0.4, 0.4]])
+    np.testing.assert_array_equal(rows[:, 40:], np.float32([[-0.5, -0.5], [0.0, 0.0], [0.4, 0.4]]))
     matrix = kl_matrix(means, rows[:, 40:])
     np.testing.assert_array_equal(np.concatenate([kl_rows_of(rows, 20, 2, [0, 1]), kl_rows_of(rows, 20, 2, [2])]),
                                   matrix)
