@@ -39,6 +39,7 @@ CASES = {
     "copy": "--algo gpo --rounds 2 --total-steps 4608 --components SM",
     "elites": "--algo gpo --rounds 2 --total-steps 4608 --elites 1",
     "a2c": "--algo gpo --rounds 2 --total-steps 4608 --mutation a2c",
+    "evaluations": "--algo gpo --rounds 2 --total-steps 4608 --eval-every 5 --periodic-eval-episodes 1",
     "joint": "--algo joint --total-steps 2048 --minibatch 128",
     "single": "--algo single --total-steps 2048",
 }

@@ -142,6 +142,10 @@ class RunConfig:
         start = rank * fewer + min(rank, more)
         return range(start, start + fewer + (rank < more))
 
+    def rank_of_member(self, member: int, n_ranks: int) -> int:
+        """The rank that holds member slot `member` (the inverse of member_slots)."""
+        return next(rank for rank in range(n_ranks) if member in self.member_slots(rank, n_ranks))
+
     def validate(self, n_ranks: int) -> None:
         """Raise ConfigError with one line naming the first bad value."""
         positive_ints = ["total_steps", "rounds", "n_envs", "batch_steps", "policy_epochs", "critic_epochs",

@@ -26,9 +26,8 @@ import time
 
 import numpy as np
 
-from . import checkpoint, crossover, mpi, seeds, select, sharing, slots
+from . import checkpoint, crossover, evaluate, mpi, schedules, seeds, select, sharing, slots
 from .config import ConfigError, RunConfig
-from .evaluate import returns_and_lengths
 from .learner import Member, MemberRows
 from .mutate import DataParallel, pool_batches, update
 from .networks import flat_parameters
@@ -96,6 +95,8 @@ class Population:
                   "(docs/checkpoints.md)", flush=True)
         self.normalizer = ObsNormalizer(self.obs_dim, config.obs_clip, enabled=config.obs_norm == "shared")
         self.timer = PhaseTimer()
+        # after each iteration, in this order: an evaluation may fall on the iteration a stop checkpoints
+        self.hooks: list[schedules.Hook] = [schedules.PeriodicEvaluation(config), schedules.Checkpoints(config)]
         self.share_sets = [np.array([i]) for i in range(config.n_policies)]
         slots_of_rank = [config.member_slots(rank, self.n_ranks) for rank in range(self.n_ranks)]
         self.exchange = mpi.BatchExchange(config.exchange, comm, slots_of_rank, self._mpi, self.timer)
@@ -152,8 +153,8 @@ class Population:
 
     # ------------------------------------------------------------- MUTATE
     def mutate(self, round_index: int) -> bool:
-        """The round's policy-gradient iterations. Returns False if the run was stopped
-        by a signal (after writing a checkpoint)."""
+        """The round's policy-gradient iterations, each followed by the hooks (schedules.py). Returns False if
+        the run was stopped by a signal (after writing a checkpoint)."""
         config = self.config
         first_step, self.step_in_round = self.step_in_round, 0
         for step in range(first_step, config.iterations_per_round):
@@ -162,39 +163,30 @@ class Population:
                 sampled = [lm.sampler.sample(lm.member.policy, self.normalizer, config.batch_steps)
                            for lm in self.local]
                 self.last_batches = [batch for batch, _ in sampled]
-                remeasure = (config.shares_in(round_index) and config.share_every and step % config.share_every == 0
-                             and config.share_sets_need_kl)
-                if config.algo == "gpo" and (step == 0 or remeasure):
+                if schedules.measures_kl(config, round_index, step):
                     self.measure_sharing(round_index, step)
                 stats = self.update_members()
-                # One Allreduce carries the observation sums and whether any rank got a stop signal.
-                # Each slot's sums have a row of their own, to which the Allreduce adds only zeros: the
-                # statistics come out bit for bit the same however the slots are spread over the ranks.
-                table = np.zeros((config.population + 1, 2 * self.obs_dim + 1))
-                for slot, (_, raw_obs) in enumerate(sampled, start=self.first_slot):
-                    table[slot] = ObsNormalizer.sums(raw_obs)
-                table[-1, 0] = float(self.stop_requested)
-                totals = self._mpi(mpi.allreduce_sum, table.ravel()).reshape(table.shape)
-                self.normalizer.update_from_sums(totals[:-1].sum(axis=0))
-                self.stop_agreed = totals[-1, 0] > 0
+                self.share_statistics_and_stop([raw_obs for _, raw_obs in sampled])
                 self.env_steps += config.steps_per_iteration
                 self.iteration += 1
                 if self.recorder:
                     self.recorder.iteration_took(time.monotonic() - iteration_start)
                 self.record_iteration(round_index, stats)
-            # The run's last iteration is evaluated by the final evaluation, which follows it.
-            if (config.eval_every and config.eval_episodes and self.iteration % config.eval_every == 0
-                    and self.iteration < config.iterations):
-                with self.timer("evaluation"):
-                    self.record_evaluation(self.evaluate(config.episodes_per_periodic_evaluation))
-            last_of_round = step + 1 == config.iterations_per_round
-            if last_of_round:
-                continue  # a stop waits for the checkpoint after this round's breeding
-            if self.stop_agreed or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
-                self.checkpoint(round_index, step + 1)
-                if self.stop_agreed:
-                    return False
+            if not all(hook.after_iteration(self, round_index, step) for hook in self.hooks):
+                return False
         return True
+
+    def share_statistics_and_stop(self, raw_observations: list) -> None:
+        """One Allreduce carries the observation sums and whether any rank got a stop signal. Each slot's
+        sums have a row of their own, to which the Allreduce adds only zeros: the statistics come out bit
+        for bit the same however the slots are spread over the ranks."""
+        table = np.zeros((self.config.population + 1, 2 * self.obs_dim + 1))
+        for slot, raw_obs in enumerate(raw_observations, start=self.first_slot):
+            table[slot] = ObsNormalizer.sums(raw_obs)
+        table[-1, 0] = float(self.stop_requested)
+        totals = self._mpi(mpi.allreduce_sum, table.ravel()).reshape(table.shape)
+        self.normalizer.update_from_sums(totals[:-1].sum(axis=0))
+        self.stop_agreed = totals[-1, 0] > 0
 
     # --------------------------------------------------------- checkpoints
     def agree_on_stop(self) -> None:
@@ -425,20 +417,14 @@ class Population:
             self.recorder.round(round_index, self.env_steps, times, traffic)
 
     def evaluate(self, episodes: int) -> np.ndarray:
-        """Every policy's returns over `episodes` whole episodes with its mean
-        action, in policy order (on every rank). Joint's one policy is evaluated
-        by rank 0. The environment steps it took (all policies) go to
-        `self.evaluation_steps`; they are not training steps."""
-        config = self.config
+        """Every policy's returns over `episodes` whole episodes with its mean action, in policy order (on
+        every rank). Joint's one policy is evaluated by rank 0. The environment steps it took (all policies)
+        go to `self.evaluation_steps`; they are not training steps."""
         members = self.members if not self.joint or self.rank == 0 else []
-        rows = [[member.index, *np.concatenate(returns_and_lengths(
-                    member.policy, self.normalizer, self.env, episodes,
-                    seeds.evaluation(config.seed, member.index), deterministic=True))] for member in members]
-        rows = np.array(rows, dtype=np.float64).reshape(-1, 1 + 2 * episodes)
+        rows = evaluate.member_rows(members, self.normalizer, self.env, episodes, self.config.seed)
         all_rows, _ = self._mpi(mpi.allgatherv_rows, rows)
-        all_rows = all_rows[np.argsort(all_rows[:, 0], kind="stable")]
-        self.evaluation_steps = int(all_rows[:, 1 + episodes:].sum())
-        return all_rows[:, 1:1 + episodes]
+        returns, self.evaluation_steps = evaluate.by_member(all_rows, episodes)
+        return returns
 
     def record_evaluation(self, evaluation: np.ndarray, announce: bool = True) -> None:
         """Keep an evaluation (policies x episodes) in the run file, and the best policy evaluated so far
@@ -448,8 +434,7 @@ class Population:
         improved = self.recorder is None or self.recorder.improves(means[best])
         improved = bool(self._mpi(mpi.bcast_object, improved))  # rank 0 alone keeps the record
         if improved:
-            holder = 0 if self.joint else next(rank for rank in range(self.n_ranks)
-                                               if best in self.config.member_slots(rank, self.n_ranks))
+            holder = 0 if self.joint else self.config.rank_of_member(best, self.n_ranks)
             mine = [m for m in self.members if m.index == (0 if self.joint else best)]
             vector = flat_parameters(mine[0].policy) if mine and self.rank == holder else \
                 np.empty_like(flat_parameters(self.members[0].policy))

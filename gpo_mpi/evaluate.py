@@ -42,3 +42,20 @@ def returns_and_lengths(policy: GaussianPolicy, normalizer: ObsNormalizer, env: 
             done = terminated or truncated
     env.close()
     return returns, lengths
+
+
+def member_rows(members, normalizer: ObsNormalizer, env: EnvSpec, episodes: int, run_seed: int) -> np.ndarray:
+    """One row per member for a run's evaluation: its index, then the returns and the lengths of `episodes`
+    episodes of its mean action, from the member's evaluation seed (the same whichever rank runs them)."""
+    from .seeds import evaluation
+    rows = [[member.index, *np.concatenate(returns_and_lengths(member.policy, normalizer, env, episodes,
+                                                               evaluation(run_seed, member.index),
+                                                               deterministic=True))] for member in members]
+    return np.array(rows, dtype=np.float64).reshape(-1, 1 + 2 * episodes)
+
+
+def by_member(rows: np.ndarray, episodes: int) -> tuple[np.ndarray, int]:
+    """Every rank's `member_rows` put together: the returns in member order (members x episodes) and the
+    environment steps the evaluation took in all."""
+    rows = rows[np.argsort(rows[:, 0], kind="stable")]
+    return rows[:, 1:1 + episodes], int(rows[:, 1 + episodes:].sum())
