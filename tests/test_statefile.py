@@ -79,16 +79,17 @@ def test_nesting_up_to_the_limit_is_stored_and_one_level_more_refused(tmp_path, 
     assert round_trip(nested(kind, statefile.MAX_DEPTH - 1, np.float32(2.5)), tmp_path) == \
         nested(kind, statefile.MAX_DEPTH - 1, np.float32(2.5))
     assert not statefile.storable(nested(kind, statefile.MAX_DEPTH, np.float32(2.5)))
-    node = 1.5
-    for _ in range(statefile.MAX_DEPTH + 1):
-        node = {"dict": [["k", node]]} if kind == "dict" else {kind: [node]}
-    with h5py.File(tmp_path / "s.h5", "w") as handle:
-        statefile.write(handle, "s", {})
-        del handle["s/layout"]
-        handle["s/layout"] = json.dumps(node)
-    with h5py.File(tmp_path / "s.h5", "r") as handle, pytest.raises(statefile.StateFileError) as error:
-        statefile.read(handle, "s")
-    assert str(error.value) == "s: the layout is nested too deeply"
+    for levels, leaf in ((statefile.MAX_DEPTH + 1, 1.5), (statefile.MAX_DEPTH, {"scalar": "float32", "value": 2.5})):
+        node = leaf  # a crafted layout one level too deep
+        for _ in range(levels):
+            node = {"dict": [["k", node]]} if kind == "dict" else {kind: [node]}
+        with h5py.File(tmp_path / "s.h5", "w") as handle:
+            statefile.write(handle, "s", {})
+            del handle["s/layout"]
+            handle["s/layout"] = json.dumps(node)
+        with h5py.File(tmp_path / "s.h5", "r") as handle, pytest.raises(statefile.StateFileError) as error:
+            statefile.read(handle, "s")
+        assert str(error.value) == "s: the layout is nested too deeply"
 
 
 def test_arrays_inside_lists_tuples_and_scalars_come_back(tmp_path):
