@@ -69,6 +69,24 @@ def selector_data(trajectories: list[tuple[np.ndarray, float]], fraction: float,
     return states, state_returns
 
 
+def selector_rows(member_index: int, trajectories: list[tuple[np.ndarray, float]], last_batch: Batch,
+                  config: RunConfig, round_index: int) -> np.ndarray:
+    """A parent's selector data as rows [member, return, state...], to travel to the ranks that breed its
+    children: `selector_data` of its trajectories of the round (of its last batch's fragments, if it finished
+    no episode in the round), drawn from its own stream."""
+    trajectories = trajectories or batch_trajectories(last_batch)
+    rng = seeds.selector_states(config.seed, member_index, round_index)
+    states, returns = selector_data(trajectories, config.top_fraction, config.selector_states, rng)
+    return np.column_stack([np.full(len(states), member_index), returns, states])
+
+
+def selector_data_by_member(rows: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Received `selector_rows` of several parents: each parent's (states, returns) by member index."""
+    members = rows[:, 0].astype(int)
+    return {index: (np.ascontiguousarray(rows[members == index, 2:], dtype=np.float32), rows[members == index, 1])
+            for index in np.unique(members)}
+
+
 def return_weights(state_returns: np.ndarray) -> np.ndarray:
     """Trajectory returns min-max normalized to [0, 1], then scaled to mean 1
     (all equal: all 1), so the selector's loss has the same scale every round."""

@@ -375,18 +375,10 @@ class Population:
                              ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """The selector data (states of its best trajectories of the round and their returns) of each
         parent this rank's children are bred from, by member index (by the parent exchange)."""
-        config = self.config
-        rows = []
-        for lm, last_batch in zip(self.local, self.last_batches):
-            # A member that finished no episode in the round falls back on its last batch's fragments.
-            trajectories = lm.sampler.recorder.take() or crossover.batch_trajectories(last_batch)
-            rng = seeds.selector_states(config.seed, lm.member.index, round_index)
-            states, returns = crossover.selector_data(trajectories, config.top_fraction, config.selector_states, rng)
-            rows.append(np.column_stack([np.full(len(states), lm.member.index), returns, states]))
+        rows = [crossover.selector_rows(lm.member.index, lm.sampler.recorder.take(), last_batch, self.config,
+                                        round_index) for lm, last_batch in zip(self.local, self.last_batches)]
         received, _ = self.parent_exchange.received_rows(parent_sets, np.concatenate(rows))
-        members = received[:, 0].astype(int)
-        return {index: (np.ascontiguousarray(received[members == index, 2:], dtype=np.float32),
-                        received[members == index, 1]) for index in np.unique(members)}
+        return crossover.selector_data_by_member(received)
 
     def breed(self, lm: slots.LocalMember, x: int, y: int, fitter: int, parents: dict[str, np.ndarray],
               parent_data: dict | None, round_index: int) -> tuple[float, float, float]:

@@ -497,3 +497,20 @@ def test_a_non_finite_reward_during_crossover_names_the_childs_crossover():
                                              r"non-finite"):
         crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 3), env, ObsNormalizer(3, 10.0),
                              config, 0, "crossover for member 5")
+
+
+def test_selector_rows_travel_and_come_back_as_each_parents_data():
+    """Each parent's selector data as rows and back, by member; a parent without finished episodes falls
+    back on its last batch's fragments."""
+    config = RunConfig(top_fraction=0.5, selector_states=0, seed=2)
+    first, second = synthetic_batch(1.0, n_steps=40, episode=10, seed=1), synthetic_batch(-1.0, n_steps=30, seed=2)
+    episodes = crossover.batch_trajectories(first)
+    rows = np.concatenate([crossover.selector_rows(3, episodes, second, config, 0),
+                           crossover.selector_rows(5, [], second, config, 0)])
+    by_member = crossover.selector_data_by_member(rows[::-1].copy()[::-1])
+    assert sorted(by_member) == [3, 5]
+    for index, trajectories in ((3, episodes), (5, crossover.batch_trajectories(second))):
+        states, returns = crossover.selector_data(trajectories, 0.5, 0, np.random.default_rng(0))
+        np.testing.assert_array_equal(by_member[index][0], states)
+        np.testing.assert_array_equal(by_member[index][1], returns)
+        assert by_member[index][0].dtype == np.float32
