@@ -507,7 +507,7 @@ def test_selector_rows_travel_and_come_back_as_each_parents_data():
     episodes = crossover.batch_trajectories(first)
     rows = np.concatenate([crossover.selector_rows(3, episodes, second, config, 0),
                            crossover.selector_rows(5, [], second, config, 0)])
-    by_member = crossover.selector_data_by_member(rows[::-1].copy()[::-1])
+    by_member = crossover.selector_data_by_member(rows)
     assert sorted(by_member) == [3, 5]
     for index, trajectories in ((3, episodes), (5, crossover.batch_trajectories(second))):
         states, returns = crossover.selector_data(trajectories, 0.5, 0, np.random.default_rng(0))
