@@ -179,8 +179,11 @@ def test_a_ranks_members_and_samplers_come_back_from_their_state(tmp_path):
     swapped, _ = rank_parts()
     with pytest.raises(ConfigError, match="checkpoint holds member 0 where member 1 was expected"):
         checkpoint.load_rank_state(state, swapped[::-1], samplers)
-    with pytest.raises(ConfigError, match="from an older gpo-mpi"):
+    with pytest.raises(ConfigError, match="^it is from an older gpo-mpi$"):
         checkpoint.load_rank_state({"members": state["members"]}, loaded_members, loaded_samplers)
+    for short in ({**state, "members": state["members"][:1]}, {**state, "samplers": state["samplers"][:1]}):
+        with pytest.raises(ValueError, match="shorter"):  # a state for fewer slots than the rank holds
+            checkpoint.load_rank_state(short, *rank_parts())
     # the tools' view: every member's state in member order, across ranks
     halves = [{"members": [state["members"][1]]}, {"members": [state["members"][0]]}]
     ordered, statistics, iteration = checkpoint.member_states(path, shared, halves, 2)
