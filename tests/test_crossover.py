@@ -514,3 +514,22 @@ def test_selector_rows_travel_and_come_back_as_each_parents_data():
         np.testing.assert_array_equal(by_member[index][0], states)
         np.testing.assert_array_equal(by_member[index][1], returns)
         assert by_member[index][0].dtype == np.float32
+
+
+def test_a_parents_selector_rows_draw_their_states_from_its_own_stream():
+    """With fewer selector states than the trajectories hold, the draw is the member's stream for the round."""
+    from gpo_mpi import seeds
+    config = RunConfig(top_fraction=1.0, selector_states=15, seed=2)
+    episodes = crossover.batch_trajectories(synthetic_batch(1.0, n_steps=40, episode=10, seed=1))
+    rows = crossover.selector_rows(3, episodes, None, config, 4)
+    states, returns = crossover.selector_data(episodes, 1.0, 15, seeds.selector_states(2, 3, 4))
+    np.testing.assert_array_equal(rows[:, 2:], states)
+    assert not np.array_equal(crossover.selector_rows(3, episodes, None, config, 5)[:, 2:], states)
+
+
+def test_the_episode_recorder_keeps_about_twice_the_selectors_states_of_a_round():
+    config = RunConfig(population=2, total_steps=2 * 2048 * 20, rounds=2, batch_steps=2048, selector_states=1000)
+    assert crossover.recorder_stride(config) == config.iterations_per_round * 2048 // 2000
+    import dataclasses
+    assert crossover.recorder_stride(dataclasses.replace(config, selector_states=0)) == 1  # every state
+    assert crossover.recorder_stride(dataclasses.replace(config, selector_states=10 ** 9)) == 1
