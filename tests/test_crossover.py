@@ -399,7 +399,9 @@ def test_a_newborn_inherits_from_its_fitter_parents_row_what_the_config_says(chi
         parent.policy_optimizer.step()
         parent.critic_optimizer.step()
     rows = MemberRows(parents[0], optimizers=child_optimizer == "fitter")
-    columns = rows.columns(np.stack([rows.row(parent) for parent in parents]))
+    assert all(rows.row(parent).dtype == np.float32 for parent in parents)  # what the parent exchange moves
+    columns = rows.columns(np.stack([rows.row(parent) for parent in parents]).astype(np.float32))
+    assert columns["beta"].dtype == np.float64 and columns["beta"].shape == (3, 1)
     assert columns["beta"][:, 0].tolist() == [1 / 3, 1 / 4, 1 / 5]
     np.testing.assert_array_equal(columns["policy"][2], flat_parameters(parents[2].policy))
     child = crossover.newborn(1, 3, 1, columns, 2, config, seed=99)

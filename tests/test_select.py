@@ -138,3 +138,23 @@ def test_the_plan_pairs_the_fittest_or_random_couples_and_keeps_the_elites():
     random_jobs, _ = select.plan(dataclasses.replace(config, components="CM"), returns, kl, 1)
     expected = select.random_pairs(4, config.children_per_round, seeds.random_couples(config.seed, 1))
     np.testing.assert_array_equal(random_jobs, select.breeding_jobs(expected, returns, 1))
+
+
+def test_the_plan_follows_the_diversity_schedule_and_the_couples_rule():
+    """The second of 4 breedings (5 rounds), the weight going from 0.8 at the first to 0.0 at the last: the
+    pairs' fitness mixes KL by 0.8 x 2/3; with couples not distinct, a couple may breed both ways."""
+    import dataclasses
+    from gpo_mpi.config import RunConfig
+    returns = np.array([5.0, 1.0, 4.0, 3.0])
+    kl = np.random.default_rng(0).random((4, 4))
+    np.fill_diagonal(kl, 0.0)
+    config = RunConfig(population=4, rounds=5, diversity_weight_start=0.8, diversity_weight_end=0.0)
+    jobs, fitness = select.plan(config, returns, kl, 1)
+    mixed = select.mixed_fitness(select.ranked_returns(returns), kl, 0.8 * 2 / 3)
+    np.testing.assert_allclose(fitness, select.pair_fitness(mixed, jobs[:, :2]))
+    assert not np.allclose(mixed, select.mixed_fitness(select.ranked_returns(returns), kl, 0.8))
+    ordered = dataclasses.replace(config, distinct_couples=False, diversity_weight_start=0.0)
+    jobs, _ = select.plan(ordered, returns, kl, 0)
+    expected = select.fittest_pairs(select.mixed_fitness(select.ranked_returns(returns), kl, 0.0), 4, False)
+    np.testing.assert_array_equal(jobs, select.breeding_jobs(expected, returns, 0))
+    assert len({tuple(sorted(job[:2])) for job in jobs}) < 4  # some couple breeds twice
