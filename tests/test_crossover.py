@@ -461,6 +461,12 @@ def test_the_selector_trains_on_float64_states_as_on_float32():
     assert losses[0] == losses[1]
 
 
+def two_parents_selector_data():
+    """Selector data of two parents acting in different regions (synthetic batches of 40 steps)."""
+    return [crossover.selector_data(crossover.batch_trajectories(synthetic_batch(center, n_steps=40)), 1.0, 0,
+                                    np.random.default_rng(0)) for center in (1.0, -1.0)]
+
+
 @pytest.mark.parametrize("expert_choice", ["argmax", "sample"])
 def test_state_space_crossover_builds_the_selector_and_expert_the_config_names(monkeypatch, expert_choice):
     built = {}
@@ -480,8 +486,7 @@ def test_state_space_crossover_builds_the_selector_and_expert_the_config_names(m
                        selector_epochs=1, selector_hidden=(8,), expert_choice=expert_choice)
     env, normalizer = EnvSpec("Pendulum-v1", horizon=20), ObsNormalizer(3, 10.0)
     parents = (GaussianPolicy(3, 1), GaussianPolicy(3, 1))
-    data = [crossover.selector_data(crossover.batch_trajectories(synthetic_batch(c, n_steps=40)), 1.0, 0,
-                                    np.random.default_rng(0)) for c in (1.0, -1.0)]
+    data = two_parents_selector_data()
     crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 1), env, normalizer, config, 0, "t")
     layers = [module.out_features for module in built["selector"].modules() if isinstance(module, torch.nn.Linear)]
     assert layers == [8, 2] and built["expert"].choice == expert_choice
@@ -493,8 +498,7 @@ def test_a_non_finite_reward_during_crossover_names_the_childs_crossover():
                        dagger_epochs=1, selector_epochs=1)
     env = EnvSpec("user_envs:ReachTarget", kwargs={"dim": 3, "target": float("nan")})
     parents = (GaussianPolicy(3, 3), GaussianPolicy(3, 3))
-    data = [crossover.selector_data(crossover.batch_trajectories(synthetic_batch(c, n_steps=40)), 1.0, 0,
-                                    np.random.default_rng(0)) for c in (1.0, -1.0)]
+    data = two_parents_selector_data()
     with pytest.raises(NonFiniteError, match=r"^crossover for member 5: environment user_envs:ReachTarget returned "
                                              r"non-finite"):
         crossover.make_child("state", parents, 0, tuple(data), GaussianPolicy(3, 3), env, ObsNormalizer(3, 10.0),
