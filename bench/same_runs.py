@@ -6,9 +6,10 @@ this checkout, compared bit for bit.
 A refactoring must not change what a run computes. This makes the base commit (default HEAD) in a scratch
 worktree, with the C++ extension copied from this checkout where the kernel sources agree (else built
 there), then runs each case on each rank count from both trees (`python -m gpo_mpi` under this checkout's
-mpiexec, PYTHONPATH naming the tree) and compares every dataset of the two run files: the iterations, rounds,
-breedings, evaluations and final networks. Wall times and the counts of MPI traffic are left out (the
-clock's, and a move may regroup collectives without changing a number). Prints one line per run and exits
+mpiexec, PYTHONPATH naming the tree) and compares every dataset both run files hold: the iterations,
+rounds, breedings, evaluations and final networks (datasets only one holds are named, not compared). Wall
+times and the counts of MPI traffic are left out (the clock's, and a move may regroup collectives without
+changing a number). Prints one line per run and exits
 1 if any differs, naming the first dataset that does. With `--now REV`, the second tree is that commit's
 too (you may go on editing while it runs).
 """
@@ -81,12 +82,17 @@ def datasets(path: Path) -> dict[str, np.ndarray]:
 
 
 def first_difference(a: dict, b: dict) -> str | None:
-    if sorted(a) != sorted(b):
-        return f"datasets {sorted(set(a) ^ set(b))}"
-    for name in sorted(a):
+    """The first dataset both files hold that differs (None: all the same)."""
+    for name in sorted(set(a) & set(b)):
         if a[name].shape != b[name].shape or not np.array_equal(a[name], b[name], equal_nan=True):
             return name
     return None
+
+
+def added_and_removed(a: dict, b: dict) -> str:
+    """Datasets only one of the two files holds, as a note (empty when they hold the same)."""
+    added, removed = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+    return "".join(f"; {word}: {', '.join(names)}" for word, names in (("new", added), ("gone", removed)) if names)
 
 
 def main() -> int:
@@ -118,10 +124,12 @@ def main() -> int:
                     for side, tree in enumerate(trees):
                         outs.append(directory / f"{case}-{ranks}-{side}.h5")
                         run(tree, ranks, CASES[case], outs[-1])
-                    difference = first_difference(datasets(outs[0]), datasets(outs[1]))
+                    runs = datasets(outs[0]), datasets(outs[1])
+                    difference = first_difference(*runs)
                     differing += difference is not None
                     print(f"{case:10s} {ranks} rank(s)  " + ("same" if difference is None else
-                                                             f"DIFFERS, first in {difference}"), flush=True)
+                                                             f"DIFFERS, first in {difference}")
+                          + added_and_removed(*runs), flush=True)
         finally:
             for tree in trees:
                 if tree != ROOT:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from common import git_commit, write_table
-from gpo_mpi import mutate
+from gpo_mpi import mutate, mutations
 from gpo_mpi.config import RunConfig
 from gpo_mpi.learner import Member
 from gpo_mpi.rollout import Batch
@@ -79,7 +79,7 @@ def main() -> None:
             start = time.perf_counter()
             data = mutate.pool_batches(member, batches, 0, config)
             pooled = time.perf_counter()
-            mutate.update(member, data, config)
+            mutations.algorithm(config).update(member, data)
             pooling.append(pooled - start)
             updating.append(time.perf_counter() - pooled)
         pool_s, update_s = statistics.median(pooling[1:]), statistics.median(updating[1:])

@@ -31,6 +31,9 @@ class ConfigError(ValueError):
     """A bad configuration value; its message is one line for the user."""
 
 
+MUTATIONS = ("ppo", "ppo-clip", "a2c")  # the modules of gpo_mpi/mutations/
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # ---------------------------------------------------------------- the run
@@ -40,8 +43,8 @@ class RunConfig:
     """Keyword arguments of the environment (TOML: an [env_kwargs] table; flag: a JSON object), e.g. {"difficulty": 0.5}."""
     algo: Literal["gpo", "single", "joint"] = "gpo"
     """gpo: the genetic algorithm; single: independent members, best reported; joint: one policy, m times the batch."""
-    mutation: Literal["ppo", "a2c"] = "ppo"
-    """Policy-gradient method of MUTATE: PPO with the adaptive KL penalty, or A2C."""
+    mutation: str = "ppo"
+    """Policy-gradient method of MUTATE: ppo (the adaptive KL penalty, the paper's), ppo-clip (the clipped surrogate), a2c, or package.module:Class for one's own (docs/algorithm.md)."""
     population: int = 0
     """Number of members m (Joint: sampler slots of its one policy), at least the number of ranks, spread over them as evenly as possible; 0: 8 (the paper's), or the number of ranks where there are more."""
     total_steps: int = 8_000_000
@@ -94,6 +97,8 @@ class RunConfig:
     """Minibatch size in steps for PPO's and the critic's gradient steps; 0 means full batch, as in the paper."""
     kl_target: float = 0.01
     """Adaptive KL penalty: beta doubles above 1.5 x target, halves below target / 1.5."""
+    clip_range: float = 0.2
+    """PPO-clip: the surrogate clips the ratio pi_theta / pi_old to [1 - clip_range, 1 + clip_range]."""
     initial_beta: float = 1.0
     """Starting weight of the KL penalty."""
     critic_lr: float = 3e-3
@@ -158,7 +163,10 @@ class RunConfig:
                      "selector_patience", "kl_states_total", "elites"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
-        for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip"]:
+        if self.mutation not in MUTATIONS and ":" not in self.mutation:
+            raise ConfigError(f"mutation must be one of {', '.join(MUTATIONS)} or package.module:Class, "
+                              f"got {self.mutation!r}")
+        for name in ["policy_lr", "critic_lr", "kl_target", "initial_beta", "obs_clip", "clip_range"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value}")

@@ -20,16 +20,15 @@ actions, whole episodes); the best by it is the run's best member.
 """
 from __future__ import annotations
 
-import dataclasses
 import signal
 import time
 
 import numpy as np
 
-from . import checkpoint, crossover, evaluate, mpi, schedules, seeds, select, sharing, slots
+from . import checkpoint, crossover, evaluate, mpi, mutations, schedules, seeds, select, sharing, slots
 from .config import ConfigError, RunConfig
 from .learner import Member, MemberRows
-from .mutate import DataParallel, pool_batches, update
+from .mutate import DataParallel, pool_batches
 from .networks import flat_parameters
 from .rollout import Batch, EnvSpec, ObsNormalizer, UnusableEnvironment
 from .record import PhaseTimer, Recorder
@@ -79,11 +78,12 @@ class Population:
         self.env = EnvSpec.of(config)
         self.joint = config.algo == "joint"
         message = None
-        try:  # environments may fail on some ranks only (a user class, a node without a library)
+        try:  # environments (and a user's mutation class) may fail on some ranks only
+            self.mutation = mutations.algorithm(config)
             self.obs_dim, self.act_dim = self.env.space_sizes()
             self.local = slots.make(config, self.env, self.rank, self.n_ranks, self.obs_dim, self.act_dim)
             self.first_slot = config.member_slots(self.rank, self.n_ranks).start
-        except UnusableEnvironment as error:
+        except (UnusableEnvironment, ConfigError) as error:
             message = str(error)
         agree_on_startup(comm, message)
         # Checkpoints save the environments when every rank can; otherwise they restart them.
@@ -113,20 +113,18 @@ class Population:
         for signal_number in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(signal_number, self._request_stop)
         self.recorder: Recorder | None = None  # rank 0's run file, progress lines and TensorBoard
-        if resume:
-            recorded = self.restore()
-            if self.rank == 0:
-                writer = RunFileWriter(config.out, config, self.n_ranks, lengths=recorded["lengths"],
-                                       collective_kinds=mpi.COLLECTIVE_KINDS)
-                # TensorBoard drops the events logged after the checkpoint, which the run logs again.
-                self.recorder = Recorder(config, writer, resume_step=self.env_steps + 1)
+        recorded = self.restore() if resume else None
+        if config.init_from and not resume:
+            self.start_from(config.init_from)
+        if self.rank == 0:
+            statistics = ("share_set_size",) + self.mutation.statistic_names  # as record_iteration gathers them
+            writer = RunFileWriter(config.out, config, self.n_ranks, lengths=recorded and recorded["lengths"],
+                                   collective_kinds=mpi.COLLECTIVE_KINDS,
+                                   member_statistics=statistics + ("episode_length",))
+            # After a resume, TensorBoard drops the events logged after the checkpoint, which the run logs again.
+            self.recorder = Recorder(config, writer, statistics, resume_step=self.env_steps + 1 if resume else None)
+            if resume:
                 self.recorder.load_state(recorded)
-        else:
-            if config.init_from:
-                self.start_from(config.init_from)
-            if self.rank == 0:
-                self.recorder = Recorder(config, RunFileWriter(config.out, config, self.n_ranks,
-                                                               collective_kinds=mpi.COLLECTIVE_KINDS))
 
     def start_from(self, path: str) -> None:
         """Every member (and the observation statistics) from the best policy of another run."""
@@ -272,7 +270,7 @@ class Population:
             members_read = list(self.share_sets[lm.member.index])
             batches = [shared_batches[j] for j in members_read] if shared_batches else [own_batch]
             pooled = pool_batches(lm.member, batches, members_read.index(lm.member.index), config)
-            stats.append(update(lm.member, pooled, config))
+            stats.append(self.mutation.update(lm.member, pooled))
         return stats
 
     def update_joint(self):
@@ -286,8 +284,8 @@ class Population:
                                     sum_values=lambda values: self._mpi(mpi.allreduce_sum, values),
                                     sum_gradients=lambda parameters: self._mpi(mpi.sum_gradients, parameters))
         member = self.local[0].member
-        stats = update(member, pool_batches(member, self.last_batches, None, config, parallel), config, parallel)
-        return dataclasses.replace(stats, effective_sample_size=float(total_rows))
+        stats = self.mutation.update(member, pool_batches(member, self.last_batches, None, config, parallel), parallel)
+        return dict(stats, effective_sample_size=float(total_rows))
 
     def exchange_batches(self) -> dict[int, Batch]:
         """The last batches this rank's members read under data sharing, by member index (its own
@@ -311,8 +309,9 @@ class Population:
         episode_rows = [np.column_stack([np.full(len(r), lm.member.index), r, n]) for lm in self.local
                         for r, n in [lm.sampler.episodes.take()]]
         episodes, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(episode_rows).reshape(-1, 3))
-        member_rows = np.array([[member.index, s.beta, s.kl, len(self.share_sets[member.index]),
-                                 s.effective_sample_size] for member, s in zip(self.members, stats)])
+        member_rows = np.array([[member.index, len(self.share_sets[member.index])]
+                                + [s[name] for name in self.mutation.statistic_names]
+                                for member, s in zip(self.members, stats)])
         member_stats, _ = self._mpi(mpi.allgatherv_rows, member_rows)
         if self.recorder:
             self.recorder.iteration(round_index, self.iteration, self.env_steps, self.elapsed(), episodes,

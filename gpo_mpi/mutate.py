@@ -1,18 +1,20 @@
 """MUTATE: policy-gradient steps on one member, with optional data sharing.
 
-Plain functions on torch modules and numpy batches; no MPI. A member's
-update may read the batches of other members (component M): their samples
-are importance-weighted by pi_theta(a|s) / pi_j_old(a|s) and their
+Plain functions and classes on torch modules and numpy batches; no MPI. A
+member's update may read the batches of other members (component M): their
+samples are importance-weighted by pi_theta(a|s) / pi_j_old(a|s) and their
 advantages come from the learner's own critic. That weight is split into
-pi_theta / pi_i_old (PPO's own ratio, near 1) and the fixed correction
-pi_i_old / pi_j_old, which `share_ratio_cap` truncates as V-trace does, so
-that one foreign sample cannot carry a whole update. Joint's data-parallel
-update gets a `DataParallel`: each rank holds a slice of the whole batch and
-the step is the whole batch's.
+pi_theta / pi_i_old (the algorithm's own ratio, near 1) and the fixed
+correction pi_i_old / pi_j_old, which `share_ratio_cap` truncates as
+V-trace does, so that one foreign sample cannot carry a whole update.
+Joint's data-parallel update gets a `DataParallel`: each rank holds a slice
+of the whole batch and the step is the whole batch's.
 
-PPO maximizes E[ratio * A] - beta * KL[pi_old || pi] (the adaptive-KL
-objective of the paper), A2C takes one gradient step on E[ratio * A],
-whose gradient at the behaviour policy is E[grad log pi * A].
+`Mutation` is what every algorithm shares: the critic's fit, the gradient
+steps over the rows `TrainingRows` hands out, and the statistics every
+update reports. An algorithm (gpo_mpi/mutations/) gives the policy's loss on
+a `PolicyStep` and may adapt its state after the update, as
+Stable-Baselines3's `train()` does inside its on-policy loop.
 """
 from __future__ import annotations
 
@@ -34,41 +36,12 @@ def importance_ratios(log_probs_learner: torch.Tensor, log_probs_behaviour: torc
     return torch.exp(log_probs_learner - log_probs_behaviour)
 
 
-def ppo_loss(ratios: torch.Tensor, advantages: torch.Tensor, kl_old_new: torch.Tensor, beta: float,
-             n_rows: int | None = None, n_own_rows: int | None = None) -> torch.Tensor:
-    """Negative adaptive-KL PPO objective: -(mean(ratio * A) - beta * mean(KL[pi_old || pi])).
-
-    The KL is taken over the learner's own states only (a minibatch may
-    hold none of them when it learns from others' batches). The means
-    divide by `n_rows` and `n_own_rows` (default: the rows given), which
-    under data parallelism count the rows of every rank.
-    """
-    n_rows = len(ratios) if n_rows is None else n_rows
-    n_own_rows = len(kl_old_new) if n_own_rows is None else n_own_rows
-    penalty = kl_old_new.sum() / max(n_own_rows, 1)
-    return -(ratios * advantages).sum() / max(n_rows, 1) + beta * penalty
-
-
-def a2c_loss(ratios: torch.Tensor, advantages: torch.Tensor, n_rows: int | None = None) -> torch.Tensor:
-    """Negative importance-weighted policy-gradient objective -mean(ratio * A)."""
-    return -(ratios * advantages).sum() / max(len(ratios) if n_rows is None else n_rows, 1)
-
-
 def effective_sample_size(weights: np.ndarray) -> float:
     """Kish's effective sample size (sum w)^2 / sum w^2: the number of equally
     weighted samples that would carry as much information."""
     weights = np.asarray(weights, dtype=np.float64)
     total_squares = float((weights ** 2).sum())
     return float(weights.sum()) ** 2 / total_squares if total_squares > 0 else 0.0
-
-
-def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
-    """The paper's rule: double beta above 1.5 x target, halve it below target / 1.5."""
-    if kl > 1.5 * kl_target:
-        return beta * 2.0
-    if kl < kl_target / 1.5:
-        return beta / 2.0
-    return beta
 
 
 @dataclass
@@ -81,6 +54,7 @@ class PooledData:
     advantages: torch.Tensor
     returns: torch.Tensor
     own: torch.Tensor  # bool: rows from the learner's own batch
+    values: torch.Tensor  # the learner's critic's, before the update
 
     @property
     def effective_sample_size(self) -> float:
@@ -148,7 +122,8 @@ def pool_batches(member: Member, batches: Sequence[Batch], own_index: int | None
                       behaviour_log_probs=torch.from_numpy(behaviour_log_probs),
                       weights=torch.from_numpy(weights),
                       advantages=torch.from_numpy(advantages.astype(np.float32)),
-                      returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own))
+                      returns=torch.from_numpy(returns.astype(np.float32)), own=torch.from_numpy(own),
+                      values=torch.from_numpy(values.astype(np.float32)))
 
 
 def _step(optimizers, parameter_groups, loss: torch.Tensor, max_grad_norm: float,
@@ -168,127 +143,254 @@ def _step(optimizers, parameter_groups, loss: torch.Tensor, max_grad_norm: float
 
 
 @dataclass
-class UpdateStats:
-    policy_loss: float
-    critic_loss: float
-    kl: float          # mean KL[pi_old || pi_new] on the learner's own states
-    beta: float        # after adaptation
-    effective_sample_size: float  # of the rows it learned from, in samples (its own batch alone: its size)
+class Minibatch:
+    """The rows of one gradient step (None: every row in order, computed on the tensors themselves rather than
+    on copies) and the minibatch's size over all ranks, by which its losses divide their sums."""
+    rows: torch.Tensor | None
+    n_rows: int
+    whole_epoch: bool  # the epoch is one step on all its rows (so all the learner's own rows are in it)
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.rows is None else tensor[self.rows]
 
 
-def update(member: Member, data: PooledData, config: RunConfig, parallel: DataParallel | None = None) -> UpdateStats:
-    """One policy-gradient iteration (PPO or A2C) and the critic's fit.
+class TrainingRows:
+    """Which rows each gradient step of an update trains on: minibatches of the rows of the whole batch
+    (under `parallel`, Joint's, every rank draws the same order and keeps the rows it holds), and under
+    data sharing with `share_rows`, each epoch the learner's own rows and a fresh draw of that many foreign
+    ones."""
 
-    PPO and critic share minibatches and one backward pass per minibatch
-    (half the autograd and optimizer overhead of two loops); A2C's single
-    full-batch policy step comes first, then the critic's epochs. Minibatches
-    are drawn from the rows of the whole batch: under `parallel` (Joint),
-    every rank draws the same row order, computes the loss of the rows it
-    holds divided by the minibatch's size, and the gradients are summed over
-    ranks, so the step is that of one process holding the whole batch.
-    """
-    policy, critic = member.policy, member.critic
-    networks = [(member.policy_optimizer, list(policy.parameters())),
-                (member.critic_optimizer, list(critic.parameters()))]
-    with torch.no_grad():
-        old_mean, old_log_std = policy(data.obs)
+    def __init__(self, data: PooledData, config: RunConfig, generator: torch.Generator,
+                 parallel: DataParallel | None):
+        self.n_local = len(data.obs)
+        self.first_row, self.total_rows = (parallel.first_row, parallel.total_rows) if parallel else (0, self.n_local)
+        self.parallel, self.generator = parallel, generator
+        self.minibatch, self.share_rows = config.minibatch, config.share_rows
+        self.full_batch = config.minibatch == 0 or config.minibatch >= self.total_rows  # see minibatch_indices
+        self.own_rows = torch.nonzero(data.own).squeeze(1)
+        self.foreign_rows = torch.nonzero(~data.own).squeeze(1)
+        self.draws_foreign_rows = 0 < config.share_rows < len(self.foreign_rows)
 
-    n_local = len(data.obs)
-    first_row, total_rows = (parallel.first_row, parallel.total_rows) if parallel else (0, n_local)
-    sum_gradients = parallel.sum_gradients if parallel else None
-    only_own_data = bool(data.own.all())
-    if parallel is not None and not only_own_data:
-        raise ValueError("data parallelism (Joint) never pools other members' batches")
-    critic_own_only = config.critic_data == "own" and not only_own_data
-
-    def local_rows(global_rows: torch.Tensor) -> torch.Tensor:
-        if parallel is None:
+    def local(self, global_rows: torch.Tensor) -> torch.Tensor:
+        """This rank's rows among rows of the whole batch, as its own row numbers."""
+        if self.parallel is None:
             return global_rows
-        inside = (global_rows >= first_row) & (global_rows < first_row + n_local)
-        return global_rows[inside] - first_row
+        inside = (global_rows >= self.first_row) & (global_rows < self.first_row + self.n_local)
+        return global_rows[inside] - self.first_row
 
-    # rows None: every row in order (a full-batch epoch, the defaults' minibatch 0), computed on the
-    # tensors themselves rather than on copies gathered row by row, with what depends only on the rows
-    # worked out once.
-    full_batch = config.minibatch == 0 or config.minibatch >= total_rows  # see minibatch_indices
-    own_rows = torch.nonzero(data.own).squeeze(1)
-    own_old_mean = old_mean[own_rows]
-    # share_rows: each epoch the learner's own rows and a fresh draw of that many foreign ones
-    foreign_rows = torch.nonzero(~data.own).squeeze(1)
-    draws_foreign_rows = 0 < config.share_rows < len(foreign_rows)
+    def whole_batch(self) -> Minibatch:
+        """Every row at once (A2C's one step)."""
+        rows = None if self.parallel is None else self.local(torch.arange(self.total_rows))
+        return Minibatch(rows, self.total_rows, True)
 
-    def take(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        return tensor if rows is None else tensor[rows]
+    def epoch(self):
+        """One epoch's minibatches."""
+        if self.draws_foreign_rows:
+            order = torch.randperm(len(self.foreign_rows), generator=self.generator)
+            drawn = self.foreign_rows[order[:self.share_rows]]
+            epoch_rows = torch.sort(torch.cat([self.own_rows, drawn])).values
+            for rows in minibatch_indices(len(epoch_rows), self.minibatch, self.generator):
+                yield Minibatch(epoch_rows[rows], len(rows), self.full_batch)
+            return
+        for global_rows in minibatch_indices(self.total_rows, self.minibatch, self.generator):
+            yield Minibatch(None if self.full_batch else self.local(global_rows), len(global_rows), self.full_batch)
 
-    def policy_loss(rows, n_rows: int) -> torch.Tensor:
-        mean, log_std = policy(take(data.obs, rows))
-        log_probs = gaussian_log_prob(mean, log_std, take(data.actions, rows))
-        ratios = importance_ratios(log_probs, take(data.behaviour_log_probs, rows))
-        if not only_own_data:
-            ratios = ratios * take(data.weights, rows)
-        if config.mutation == "a2c":
-            return a2c_loss(ratios, take(data.advantages, rows), n_rows)
-        old_mean_rows, n_own_rows = take(old_mean, rows), n_rows
-        if not only_own_data:  # the KL penalty looks at the learner's own states only
+
+@dataclass
+class PolicyStep:
+    """One minibatch as a policy loss sees it: the policy's output on its rows and their ratios
+    pi_theta / pi_i_old (both differentiable), the fixed importance correction of foreign rows (None when
+    every row of the update is the learner's own), the advantages, and its size over all ranks. An
+    algorithm may `report` a measurement of the step: a sum over its rows divided by `n_rows` (so that it
+    adds up over ranks); the update reports its mean over the policy's steps under that name."""
+    mean: torch.Tensor
+    log_std: torch.Tensor
+    ratios: torch.Tensor
+    weights: torch.Tensor | None
+    advantages: torch.Tensor
+    n_rows: int
+    minibatch: Minibatch
+    update: "Update"
+    reports: dict
+
+    def weighted_ratios(self) -> torch.Tensor:
+        """pi_theta / pi_j_old with the truncated correction: the ratio of the importance-weighted objective."""
+        return self.ratios if self.weights is None else self.ratios * self.weights
+
+    def own_kl(self) -> tuple[torch.Tensor, int]:
+        """KL[pi_old || pi_theta] on the step's rows of the learner's own batch (a minibatch may hold none of
+        them when it learns from others'), and how many own rows the whole minibatch has over all ranks."""
+        update, rows = self.update, self.minibatch.rows
+        old_mean, mean, n_own_rows = self.minibatch.take(update.old_mean), self.mean, self.n_rows
+        if not update.only_own_data:
             if rows is None:
-                old_mean_rows, mean, n_own_rows = own_old_mean, mean[own_rows], len(own_rows)
+                old_mean, mean, n_own_rows = update.own_old_mean, mean[update.rows.own_rows], len(update.rows.own_rows)
             else:
-                own = data.own[rows]
-                old_mean_rows, mean, n_own_rows = old_mean_rows[own], mean[own], int(own.sum())
-        kl = gaussian_kl(old_mean_rows, old_log_std, mean, log_std)
-        return ppo_loss(ratios, take(data.advantages, rows), kl, member.beta, n_rows, n_own_rows)
+                own = update.data.own[rows]
+                old_mean, mean, n_own_rows = old_mean[own], mean[own], int(own.sum())
+        return gaussian_kl(old_mean, update.old_log_std, mean, self.log_std), n_own_rows
 
-    own_obs, own_returns = data.obs[own_rows], data.returns[own_rows]
+    def report(self, name: str, value: torch.Tensor | float) -> None:
+        self.reports[name] = float(value)
 
-    def critic_loss(rows, n_rows: int, whole_epoch: bool) -> torch.Tensor:
-        if critic_own_only and whole_epoch:  # every epoch holds all the learner's own rows
-            obs, returns, n_rows = own_obs, own_returns, len(own_rows)
-        elif critic_own_only:
-            rows = rows[data.own[rows]]
-            obs, returns, n_rows = data.obs[rows], data.returns[rows], len(rows)
-        else:
-            obs, returns = take(data.obs, rows), take(data.returns, rows)
-        return ((critic(obs) - returns) ** 2).sum() / max(n_rows, 1)
 
-    last_policy_loss = last_critic_loss = torch.zeros(())
-    policy_epochs = config.policy_epochs
-    if config.mutation == "a2c":
-        last_policy_loss = policy_loss(None if parallel is None else local_rows(torch.arange(total_rows)),
-                                       total_rows)
-        _step([member.policy_optimizer], [networks[0][1]], last_policy_loss, config.max_grad_norm, sum_gradients)
-        policy_epochs = 0
-    for epoch in range(max(policy_epochs, config.critic_epochs)):
-        trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
-        chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
-        if draws_foreign_rows:
-            drawn = foreign_rows[torch.randperm(len(foreign_rows), generator=member.generator)[:config.share_rows]]
-            epoch_rows = torch.sort(torch.cat([own_rows, drawn])).values
-        for global_rows in minibatch_indices(len(epoch_rows) if draws_foreign_rows else total_rows,
-                                             config.minibatch, member.generator):
-            if draws_foreign_rows:
-                rows, n_rows = epoch_rows[global_rows], len(global_rows)
+@dataclass
+class Update:
+    """What one update works on: the data, its rows, and the policy before the update."""
+    data: PooledData
+    rows: TrainingRows
+    old_mean: torch.Tensor
+    old_log_std: torch.Tensor
+    own_old_mean: torch.Tensor
+    only_own_data: bool
+
+
+# Every update's statistics, recorded by name per member and iteration (run file: iterations/<name>).
+COMMON_STATISTICS = ("policy_kl", "effective_sample_size", "policy_loss", "value_loss", "entropy", "approx_kl",
+                     "explained_variance")
+
+
+class Mutation:
+    """A mutation algorithm: the policy's loss on each minibatch (`policy_loss`), how many epochs the policy
+    trains, optional steps before them (`before_epochs`) and what it adapts after the update
+    (`after_update`). The critic's fit and the gradient steps are the same for all: policy and critic share
+    minibatches and one backward pass per minibatch (half the autograd and optimizer overhead of two
+    loops), and the critic goes on alone for its remaining epochs.
+
+    `statistics` names what `after_update` and `PolicyStep.report` add to COMMON_STATISTICS.
+    """
+    statistics: tuple[str, ...] = ()
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    @property
+    def statistic_names(self) -> tuple[str, ...]:
+        return COMMON_STATISTICS + self.statistics
+
+    def policy_epochs(self) -> int:
+        """Epochs of minibatch steps of the policy (beside the critic's)."""
+        return self.config.policy_epochs
+
+    def policy_loss(self, member: Member, step: PolicyStep) -> torch.Tensor:
+        """The loss whose gradient step improves the policy on `step`'s rows."""
+        raise NotImplementedError
+
+    def before_epochs(self, rows: TrainingRows, policy_loss: Callable[[Minibatch], torch.Tensor],
+                      take_policy_step: Callable[[torch.Tensor], None]) -> None:
+        """Gradient steps of the policy alone before the epochs (none by default)."""
+
+    def after_update(self, member: Member, policy_kl: float) -> dict[str, float]:
+        """Adapt what the algorithm keeps after the update; returns its statistics besides the reports."""
+        return {}
+
+    def update(self, member: Member, data: PooledData, parallel: DataParallel | None = None) -> dict[str, float]:
+        """One policy-gradient iteration and the critic's fit; returns the statistics by name.
+
+        Under `parallel` (Joint), every rank computes the loss of the rows it holds divided by the
+        minibatch's size and the gradients are summed over ranks, so the step is that of one process
+        holding the whole batch.
+        """
+        config = self.config
+        policy, critic = member.policy, member.critic
+        networks = [(member.policy_optimizer, list(policy.parameters())),
+                    (member.critic_optimizer, list(critic.parameters()))]
+        with torch.no_grad():
+            old_mean, old_log_std = policy(data.obs)
+        only_own_data = bool(data.own.all())
+        if parallel is not None and not only_own_data:
+            raise ValueError("data parallelism (Joint) never pools other members' batches")
+        rows = TrainingRows(data, config, member.generator, parallel)
+        update = Update(data, rows, old_mean, old_log_std, old_mean[rows.own_rows], only_own_data)
+        sum_gradients = parallel.sum_gradients if parallel else None
+        critic_own_only = config.critic_data == "own" and not only_own_data
+        own_obs, own_returns = data.obs[rows.own_rows], data.returns[rows.own_rows]
+        report_sums: dict[str, float] = dict.fromkeys(self.statistics, 0.0)
+        losses = np.zeros(4)  # the policy's and critic's loss summed over steps, and the number of steps of each
+
+        def policy_step(minibatch: Minibatch) -> PolicyStep:
+            mean, log_std = policy(minibatch.take(data.obs))
+            log_probs = gaussian_log_prob(mean, log_std, minibatch.take(data.actions))
+            ratios = importance_ratios(log_probs, minibatch.take(data.behaviour_log_probs))
+            weights = None if only_own_data else minibatch.take(data.weights)
+            return PolicyStep(mean, log_std, ratios, weights, minibatch.take(data.advantages), minibatch.n_rows,
+                              minibatch, update, {})
+
+        def policy_loss(minibatch: Minibatch) -> torch.Tensor:
+            step = policy_step(minibatch)
+            loss = self.policy_loss(member, step)
+            for name, value in step.reports.items():
+                report_sums[name] += value
+            losses[0] += float(loss.detach())
+            losses[2] += 1
+            return loss
+
+        def critic_loss(minibatch: Minibatch) -> torch.Tensor:
+            if critic_own_only and minibatch.whole_epoch:  # every epoch holds all the learner's own rows
+                obs, returns, n_rows = own_obs, own_returns, len(rows.own_rows)
+            elif critic_own_only:
+                own_rows = minibatch.rows[data.own[minibatch.rows]]
+                obs, returns, n_rows = data.obs[own_rows], data.returns[own_rows], len(own_rows)
             else:
-                rows, n_rows = (None if full_batch else local_rows(global_rows)), len(global_rows)
-            loss = torch.zeros(())
-            if trains_policy:
-                last_policy_loss = policy_loss(rows, n_rows)
-                loss = loss + last_policy_loss
-            if trains_critic:
-                last_critic_loss = critic_loss(rows, n_rows, full_batch)
-                loss = loss + last_critic_loss
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
-                                     f"non-finite ({float(loss.detach())})")
-            _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, sum_gradients)
+                obs, returns, n_rows = minibatch.take(data.obs), minibatch.take(data.returns), minibatch.n_rows
+            loss = ((critic(obs) - returns) ** 2).sum() / max(n_rows, 1)
+            losses[1] += float(loss.detach())
+            losses[3] += 1
+            return loss
 
-    with torch.no_grad():
-        new_mean, new_log_std = policy(data.obs[own_rows])
-        kl_sum = float(gaussian_kl(own_old_mean, old_log_std, new_mean, new_log_std).sum())
-    kl_sum_and_rows = np.array([kl_sum, float(data.own.sum())])
-    if parallel is not None:
-        kl_sum_and_rows = parallel.sum_values(kl_sum_and_rows)
-    kl = float(kl_sum_and_rows[0] / max(kl_sum_and_rows[1], 1.0))
-    if config.mutation == "ppo":
-        member.beta = adapt_beta(member.beta, kl, config.kl_target)
-    return UpdateStats(policy_loss=float(last_policy_loss.detach()), critic_loss=float(last_critic_loss.detach()),
-                       kl=kl, beta=member.beta, effective_sample_size=data.effective_sample_size)
+        def take_policy_step(loss: torch.Tensor) -> None:
+            _step([member.policy_optimizer], [networks[0][1]], loss, config.max_grad_norm, sum_gradients)
+
+        self.before_epochs(rows, policy_loss, take_policy_step)
+        policy_epochs = self.policy_epochs()
+        for epoch in range(max(policy_epochs, config.critic_epochs)):
+            trains_policy, trains_critic = epoch < policy_epochs, epoch < config.critic_epochs
+            chosen = [network for network, used in zip(networks, (trains_policy, trains_critic)) if used]
+            for minibatch in rows.epoch():
+                loss = torch.zeros(())
+                if trains_policy:
+                    loss = loss + policy_loss(minibatch)
+                if trains_critic:
+                    loss = loss + critic_loss(minibatch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
+                                         f"non-finite ({float(loss.detach())})")
+                _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, sum_gradients)
+        return self._statistics(member, update, losses, report_sums, parallel)
+
+    def _statistics(self, member: Member, update: Update, losses: np.ndarray, report_sums: dict,
+                    parallel: DataParallel | None) -> dict[str, float]:
+        """The update's statistics, from sums over every rank's rows (one sum over ranks under `parallel`)."""
+        data, own_rows = update.data, update.rows.own_rows
+        with torch.no_grad():
+            new_mean, new_log_std = member.policy(data.obs[own_rows])
+            kl_sum = float(gaussian_kl(update.own_old_mean, update.old_log_std, new_mean, new_log_std).sum())
+            own_actions = data.actions[own_rows]
+            log_ratios = (gaussian_log_prob(new_mean, new_log_std, own_actions)
+                          - gaussian_log_prob(update.own_old_mean, update.old_log_std, own_actions))
+            approx_kl_sum = float((torch.expm1(log_ratios) - log_ratios).sum())  # k3, as SB3 and CleanRL
+            entropy_sum = float(torch.distributions.Normal(new_mean, new_log_std.exp()).entropy().sum())
+        own_returns = data.returns[own_rows].double()
+        errors = own_returns - data.values[own_rows].double()
+        value_moments = [len(own_returns), own_returns.sum(), (own_returns ** 2).sum(), errors.sum(),
+                         (errors ** 2).sum()]
+        sums = np.array([kl_sum, float(data.own.sum()), approx_kl_sum, entropy_sum, *losses[:2],
+                         *map(float, value_moments), *report_sums.values()])
+        if parallel is not None:
+            sums = parallel.sum_values(sums)
+        kl_sum, n_own, approx_kl_sum, entropy_sum, policy_losses, critic_losses = sums[:6]
+        n_returns, return_sum, return_squares, error_sum, error_squares = sums[6:11]
+        n_policy_steps, n_critic_steps = losses[2:]
+        kl = float(kl_sum / max(n_own, 1.0))
+        return_variance = return_squares / max(n_returns, 1) - (return_sum / max(n_returns, 1)) ** 2
+        error_variance = error_squares / max(n_returns, 1) - (error_sum / max(n_returns, 1)) ** 2
+        statistics = dict(
+            policy_kl=kl, effective_sample_size=data.effective_sample_size,
+            policy_loss=float(policy_losses / n_policy_steps) if n_policy_steps else np.nan,
+            value_loss=float(critic_losses / n_critic_steps) if n_critic_steps else np.nan,
+            entropy=float(entropy_sum / max(n_own, 1.0)), approx_kl=float(approx_kl_sum / max(n_own, 1.0)),
+            explained_variance=float(1 - error_variance / return_variance) if return_variance > 0 else np.nan)
+        statistics.update({name: float(total / max(n_policy_steps, 1)) for name, total in
+                           zip(report_sums, sums[11:])})
+        statistics.update(self.after_update(member, kl))
+        return statistics

@@ -50,24 +50,30 @@ class PhaseTimer:
 
 
 class ReturnLog:
-    """A window of recent training episodes' returns per member."""
+    """A window of recent training episodes' returns and lengths per member."""
 
     def __init__(self, n_members: int):
         self.windows = [deque(maxlen=RETURN_WINDOW) for _ in range(n_members)]
+        self.length_windows = [deque(maxlen=RETURN_WINDOW) for _ in range(n_members)]
 
     def add(self, episode_rows: np.ndarray) -> np.ndarray:
         """Fold in rows [member, return, length]; returns the number of episodes per member."""
-        for member_index, episode_return, _ in episode_rows:
+        for member_index, episode_return, length in episode_rows:
             self.windows[int(member_index)].append(episode_return)
+            self.length_windows[int(member_index)].append(length)
         return np.bincount(episode_rows[:, 0].astype(int), minlength=len(self.windows))
 
     def member_returns(self) -> np.ndarray:
-        """Each member's mean over its window (NaN before its first episode)."""
+        """Each member's mean return over its window (NaN before its first episode)."""
         return np.array([np.mean(w) if w else np.nan for w in self.windows])
 
+    def member_lengths(self) -> np.ndarray:
+        """Each member's mean episode length over its window (NaN before its first episode)."""
+        return np.array([np.mean(w) if w else np.nan for w in self.length_windows])
+
     def clear(self) -> None:
-        """Forget every member's recent returns."""
-        for window in self.windows:
+        """Forget every member's recent episodes."""
+        for window in self.windows + self.length_windows:
             window.clear()
 
 
@@ -88,10 +94,12 @@ def format_bytes(n_bytes: float) -> str:
 class Recorder:
     """Rank 0's run file, progress lines and TensorBoard scalars, fed with gathered arrays."""
 
-    def __init__(self, config: RunConfig, writer: RunFileWriter, resume_step: int | None = None):
-        """`resume_step`: the first environment step logged again after a resume (TensorBoard drops
-        the events from it on, which the resumed run logs anew)."""
-        self.config, self.writer = config, writer
+    def __init__(self, config: RunConfig, writer: RunFileWriter, member_statistics: tuple[str, ...],
+                 resume_step: int | None = None):
+        """`member_statistics`: the names of the member statistics' columns after the member's index (as
+        engine gathers them); `resume_step`: the first environment step logged again after a resume
+        (TensorBoard drops the events from it on, which the resumed run logs anew)."""
+        self.config, self.writer, self.member_statistics = config, writer, member_statistics
         self.scalars = TensorBoardScalars(config.tensorboard, resume_step) if config.tensorboard else None
         self.returns = ReturnLog(config.n_policies)
         self.child_returns: list[list[float]] | None = None  # each new child's first episodes
@@ -104,7 +112,8 @@ class Recorder:
     # ------------------------------------------------------- checkpoints
     def state(self) -> dict:
         """What a resumed run needs of the record, for the checkpoint."""
-        return dict(windows=[list(w) for w in self.returns.windows], child_returns=self.child_returns,
+        return dict(windows=[list(w) for w in self.returns.windows],
+                    length_windows=[list(w) for w in self.returns.length_windows], child_returns=self.child_returns,
                     fitter_parent_returns=self.fitter_parent_returns, latest_best_return=self.latest_best_return,
                     best_evaluated=self.best_evaluated, lengths=self.writer.lengths())
 
@@ -112,6 +121,8 @@ class Recorder:
         """The record as `state()` gave it (the writer was opened at the checkpoint's lengths)."""
         for window, values in zip(self.returns.windows, state["windows"]):
             window.extend(values)
+        for window, values in zip(self.returns.length_windows, state.get("length_windows", [])):
+            window.extend(values)  # a checkpoint before episode lengths were recorded has none
         self.child_returns = state["child_returns"]
         self.fitter_parent_returns = state["fitter_parent_returns"]
         self.latest_best_return = state["latest_best_return"]
@@ -143,24 +154,25 @@ class Recorder:
     def iteration(self, round_index: int, iteration: int, env_steps: int, elapsed: float, episodes: np.ndarray,
                   member_stats: np.ndarray) -> None:
         """One iteration's row and progress line, from every rank's finished episodes (rows [member, return,
-        length]) and member statistics (rows [member, beta, KL, |S_i|, ESS])."""
+        length]) and member statistics (rows [member, *member_statistics])."""
         config = self.config
         counts = self.returns.add(episodes)
         if self.child_returns is not None:
             self.collect_child_returns(episodes)
         returns = self.returns.member_returns()
-        beta, policy_kl, set_sizes, sample_sizes = np.full((4, config.n_policies), np.nan)
+        statistics = {name: np.full(config.n_policies, np.nan) for name in self.member_statistics}
         # Joint's one member appears once per rank with equal values: any copy will do.
-        for column, values in enumerate((beta, policy_kl, set_sizes, sample_sizes), start=1):
+        for column, values in enumerate(statistics.values(), start=1):
             values[member_stats[:, 0].astype(int)] = member_stats[:, column]
+        statistics["episode_length"] = self.returns.member_lengths()
         self.writer.append(iterations__env_steps=env_steps, iterations__wall_time=elapsed,
                            iterations__round=round_index, iterations__member_return=returns,
-                           iterations__member_episodes=counts, iterations__beta=beta, iterations__policy_kl=policy_kl,
-                           iterations__share_set_size=set_sizes, iterations__effective_sample_size=sample_sizes)
+                           iterations__member_episodes=counts,
+                           **{f"iterations__{name}": values for name, values in statistics.items()})
         rate = env_steps / max(elapsed, 1e-9)
         if self.scalars:
-            sharing = (set_sizes, sample_sizes) if config.has("M") else (None, None)
-            self.scalars.iteration(env_steps, returns, beta, policy_kl, rate, *sharing)
+            self.scalars.iteration(env_steps, returns, statistics, rate, sharing=config.has("M"))
+        set_sizes, sample_sizes = statistics["share_set_size"], statistics["effective_sample_size"]
         eta_text = self.time_left(round_index, iteration)
         finite = returns[np.isfinite(returns)]
         self.latest_best_return = finite.max() if len(finite) else np.nan

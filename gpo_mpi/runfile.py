@@ -9,11 +9,19 @@ Layout (m = number of policies: the population, or 1 for Joint; I iterations and
     /iterations/round            (I,)      int64    GPO round of the iteration
     /iterations/member_return    (I, m)    float64  mean return of each member's last 10 training episodes (NaN before its first)
     /iterations/member_episodes  (I, m)    int64    training episodes each member finished in the iteration
-    /iterations/beta             (I, m)    float64  PPO KL-penalty weight after the iteration
-    /iterations/policy_kl        (I, m)    float64  KL[pi_old || pi_new] of the iteration's update
-    /iterations/share_set_size   (I, m)    float64  |S_i|: members whose batches member i learned from (itself included)
-    /iterations/effective_sample_size (I, m) float64 Kish's effective sample size of those rows under their
-                                                    importance weights (own batch alone: batch_steps)
+    /iterations/<statistic>      (I, m)    float64  per member, the iteration's update (NaN where not measured):
+        share_set_size          |S_i|: members whose batches member i learned from (itself included)
+        policy_kl               KL[pi_old || pi_new] of the update, exact, on its own states
+        effective_sample_size   Kish's effective sample size of the rows under their importance
+                                weights (own batch alone: batch_steps)
+        policy_loss, value_loss the policy's and critic's loss, mean over the update's gradient steps
+        entropy                 the policy's entropy after the update, mean over its own states
+        approx_kl               SB3's and CleanRL's estimate of KL[pi_old || pi_new] ((r - 1) - log r)
+                                on its own rows after the update
+        explained_variance      of the returns by the critic's values before the update (own rows)
+        episode_length          mean length of its last 10 training episodes
+        and the mutation algorithm's own (gpo_mpi/mutations/): beta (ppo: the KL-penalty weight after
+        the iteration), clip_fraction (ppo-clip: the share of rows whose ratio left the clip range)
     /rounds/kl_matrix            (R, m, m) float64  KL[pi_i || pi_j] on shared states at the round's start (gpo)
     /rounds/share_set_sizes      (R, m)    int64    |S_i| at the round's first iteration (gpo; later ones: iterations/)
     /rounds/time_mutate, time_select, time_crossover, time_communication, time_evaluation
@@ -194,20 +202,21 @@ class RunFileWriter:
     at any moment therefore leaves a whole file: the last committed one.
     With `lengths` given, an existing file is cut back to a checkpoint's
     dataset lengths instead of a new one being made. `collective_kinds`
-    names the kinds of MPI traffic counted per round (gpo_mpi.mpi's).
+    names the kinds of MPI traffic counted per round (gpo_mpi.mpi's),
+    `member_statistics` the statistics recorded per member and iteration.
     """
 
     def __init__(self, path: str, config: RunConfig, n_ranks: int, lengths: dict | None = None,
-                 collective_kinds: tuple[str, ...] = ()):
+                 collective_kinds: tuple[str, ...] = (), member_statistics: tuple[str, ...] = ()):
         self.path = path
         self.pending: dict[str, list] = defaultdict(list)
         m = config.n_policies
         self._growing = {
             "iterations/env_steps": ((), np.int64), "iterations/wall_time": ((), np.float64),
             "iterations/round": ((), np.int64), "iterations/member_return": ((m,), np.float64),
-            "iterations/member_episodes": ((m,), np.int64), "iterations/beta": ((m,), np.float64),
-            "iterations/policy_kl": ((m,), np.float64), "iterations/share_set_size": ((m,), np.float64),
-            "iterations/effective_sample_size": ((m,), np.float64), "rounds/kl_matrix": ((m, m), np.float64),
+            "iterations/member_episodes": ((m,), np.int64),
+            **{f"iterations/{name}": ((m,), np.float64) for name in member_statistics},
+            "rounds/kl_matrix": ((m, m), np.float64),
             "rounds/share_set_sizes": ((m,), np.int64),
             "rounds/time_mutate": ((), np.float64), "rounds/time_select": ((), np.float64),
             "rounds/time_crossover": ((), np.float64), "rounds/time_communication": ((), np.float64),
@@ -339,19 +348,19 @@ def progress_csv_path(run_path: str) -> str:
 
 def write_progress_csv(run_file: h5py.File, path: str) -> None:
     """One row per iteration: steps, time, round, the best and mean member return, each member's return,
-    and the means over members of beta, update KL, |S_i| and effective sample size. Atomically replaced."""
+    and the mean over members of every statistic of iterations/ (policy_kl_mean, ...). Atomically replaced."""
     iterations = run_file["iterations"]
     returns = iterations["member_return"][()]
     m = returns.shape[1]
+    statistics = [name for name, dataset in iterations.items() if dataset.ndim == 2
+                  and name not in ("member_return", "member_episodes")]
     header = (["env_steps", "wall_time", "round", "best_return", "mean_return"]
-              + [f"return_{i}" for i in range(m)]
-              + ["beta_mean", "policy_kl_mean", "share_set_size_mean", "effective_sample_size_mean"])
+              + [f"return_{i}" for i in range(m)] + [f"{name}_mean" for name in statistics])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before the first episodes
         columns = [iterations["env_steps"][()], iterations["wall_time"][()], iterations["round"][()],
                    np.nanmax(returns, axis=1), np.nanmean(returns, axis=1), *returns.T,
-                   *(np.nanmean(iterations[name][()], axis=1) for name in
-                     ("beta", "policy_kl", "share_set_size", "effective_sample_size"))]
+                   *(np.nanmean(iterations[name][()], axis=1) for name in statistics)]
     with open(path + ".tmp", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SHARING_STATISTICS = ("share_set_size", "effective_sample_size")
+
 
 class TensorBoardScalars:
     def __init__(self, log_dir: str, resume_step: int | None = None):
@@ -15,10 +17,10 @@ class TensorBoardScalars:
 
         self.writer = SummaryWriter(log_dir, purge_step=resume_step)
 
-    def iteration(self, env_steps: int, member_returns: np.ndarray, beta: np.ndarray, policy_kl: np.ndarray,
-                  steps_per_second: float, share_set_sizes: np.ndarray | None = None,
-                  effective_sample_sizes: np.ndarray | None = None) -> None:
-        """One iteration's scalars: returns, penalty weights, KL, speed and, with sharing, |S_i| and ESS."""
+    def iteration(self, env_steps: int, member_returns: np.ndarray, statistics: dict[str, np.ndarray],
+                  steps_per_second: float, sharing: bool) -> None:
+        """One iteration's scalars: returns, the means over members of the update's statistics (train/, as
+        Stable-Baselines3 names them), speed and, with sharing, |S_i| and ESS."""
         add = self.writer.add_scalar
         finite = member_returns[np.isfinite(member_returns)]
         if len(finite):
@@ -27,12 +29,13 @@ class TensorBoardScalars:
         for member, value in enumerate(member_returns):
             if np.isfinite(value):
                 add(f"member_return/{member}", value, env_steps)
-        add("ppo/beta_mean", np.nanmean(beta), env_steps)
-        add("ppo/policy_kl_mean", np.nanmean(policy_kl), env_steps)
+        for name, values in statistics.items():
+            if name in SHARING_STATISTICS:
+                if sharing:
+                    add(f"sharing/mean_{name}", np.nanmean(values), env_steps)
+            elif np.isfinite(values).any():
+                add(f"train/{name}", np.nanmean(values), env_steps)
         add("speed/steps_per_second", steps_per_second, env_steps)
-        if share_set_sizes is not None:
-            add("sharing/mean_share_set_size", np.nanmean(share_set_sizes), env_steps)
-            add("sharing/mean_effective_sample_size", np.nanmean(effective_sample_sizes), env_steps)
 
     def round(self, env_steps: int, phase_seconds: dict) -> None:
         """Seconds per phase of a round."""

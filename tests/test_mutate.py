@@ -8,12 +8,19 @@ import torch
 from gpo_mpi import kernels
 from gpo_mpi.config import RunConfig
 from gpo_mpi.learner import Member, adam_state, gaussian_kl, load_adam_state
-from gpo_mpi.mutate import (a2c_loss, adapt_beta, effective_sample_size, importance_ratios, pool_batches, ppo_loss,
-                            standardize, update)
+from gpo_mpi import mutations
+from gpo_mpi.mutate import effective_sample_size, importance_ratios, pool_batches, standardize
+from gpo_mpi.mutations.a2c import a2c_loss
+from gpo_mpi.mutations.ppo import adapt_beta, ppo_loss
 from gpo_mpi.networks import GaussianPolicy
 from gpo_mpi.rollout import EnvSpec, ObsNormalizer, Sampler
 
 CONFIG = RunConfig(population=1, total_steps=10_000, batch_steps=64)
+
+
+def update(member, data, config, parallel=None) -> dict:
+    """One iteration of the config's mutation algorithm; its statistics by name."""
+    return mutations.algorithm(config).update(member, data, parallel)
 
 
 def sampled_batch(policy, seed=0, steps=64, env_id="Pendulum-v1"):
@@ -203,11 +210,11 @@ def test_update_improves_the_surrogate_and_adapts_beta(mutation):
     stats = update(member, data, config)
     assert surrogate() > before
     assert ((member.critic(data.obs) - data.returns) ** 2).mean().item() < critic_error_before
-    assert stats.kl > 0
+    assert stats["policy_kl"] > 0
     if mutation == "ppo":
-        assert stats.beta == adapt_beta(config.initial_beta, stats.kl, config.kl_target) == member.beta
+        assert stats["beta"] == adapt_beta(config.initial_beta, stats["policy_kl"], config.kl_target) == member.beta
     else:
-        assert stats.beta == config.initial_beta  # A2C has no penalty to adapt
+        assert "beta" not in stats and member.beta == config.initial_beta  # A2C has no penalty to adapt
 
 
 def test_a_non_finite_loss_stops_the_update_naming_member_and_environment():
@@ -414,7 +421,7 @@ def rows_of(data, rows):
                                         for field in dataclasses.fields(data)})
 
 
-@pytest.mark.parametrize("mutation, minibatch", [("ppo", 0), ("ppo", 16), ("a2c", 0)])
+@pytest.mark.parametrize("mutation, minibatch", [("ppo", 0), ("ppo", 16), ("a2c", 0), ("ppo-clip", 16)])
 def test_a_data_parallel_update_over_two_ranks_is_the_one_process_update(mutation, minibatch):
     """Joint's path: each of two ranks (threads here) holds half of one batch; with the sums over ranks the
     step is the one process's on the whole batch (to rounding: the sums add in another order)."""
@@ -446,14 +453,9 @@ def test_a_data_parallel_update_over_two_ranks_is_the_one_process_update(mutatio
         for a, b in zip([*whole.policy.parameters(), *whole.critic.parameters()],
                         [*member.policy.parameters(), *member.critic.parameters()]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-        assert stats.kl == pytest.approx(expected.kl, rel=1e-4) and stats.beta == expected.beta
-    # each rank's loss is its rows' part of the whole batch's (divided by every rank's rows): they add up to it
-    for name in ("policy_loss", "critic_loss"):
-        assert sum(getattr(stats, name) for stats in results) == pytest.approx(getattr(expected, name), rel=1e-4,
-                                                                              abs=1e-6)
-    moved = [torch.equal(a, b) for a, b in zip(whole.policy.parameters(),
-                                                Member.create(0, 3, 1, config, seed=4).policy.parameters())]
-    assert not all(moved)
+        # every statistic is the whole batch's (each rank's sums added over ranks), but the rows' ESS
+        for name in set(expected) - {"effective_sample_size"}:
+            assert stats[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
 
 
 def test_data_parallelism_refuses_other_members_rows():
@@ -489,8 +491,8 @@ def test_an_update_reports_the_losses_of_the_networks_it_started_from():
     with torch.no_grad():
         critic_loss = float(((member.critic(data.obs) - data.returns) ** 2).mean())
     stats = update(member, data, config)
-    assert stats.critic_loss == pytest.approx(critic_loss, rel=1e-5)
-    assert stats.policy_loss == pytest.approx(-float(data.advantages.mean()), abs=1e-6)  # ratios 1, KL 0
+    assert stats["value_loss"] == pytest.approx(critic_loss, rel=1e-5)
+    assert stats["policy_loss"] == pytest.approx(-float(data.advantages.mean()), abs=1e-6)  # ratios 1, KL 0
 
 
 def test_gradients_are_clipped_to_max_grad_norm_and_not_at_all_at_zero():
@@ -524,15 +526,17 @@ def test_an_a2c_update_takes_one_full_batch_policy_step():
 
 
 def update_by_hand(member, data, config):
-    """PPO with the adaptive KL penalty as the textbook writes it: each epoch, minibatches of the rows in the
-    member's random order; the policy's loss -mean(w * ratio * A) + beta * mean KL over the minibatch's own rows;
-    the critic's mean squared error over its rows (own only with critic_data "own"); one Adam step per minibatch
-    for each network still within its epochs, each gradient clipped on its own (max_grad_norm 0: not at all).
-    Returns the mean KL from the old to the new policy on the own rows."""
+    """PPO as the textbook writes it: each epoch, minibatches of the rows in the member's random order; the
+    policy's loss -mean(w * ratio * A) + beta * mean KL over the minibatch's own rows (ppo-clip:
+    -mean(w * min(ratio * A, clip(ratio) * A))); the critic's mean squared error over its rows (own only with
+    critic_data "own"); one Adam step per minibatch for each network still within its epochs, each gradient
+    clipped on its own (max_grad_norm 0: not at all). Returns the mean KL from the old to the new policy on the
+    own rows, and the means over steps of the losses and the clip fraction."""
     from gpo_mpi.learner import minibatch_indices
     from gpo_mpi.networks import gaussian_log_prob
     with torch.no_grad():
         old_mean, old_log_std = member.policy(data.obs)
+    policy_losses, critic_losses, clip_fractions = [], [], []
     for epoch in range(max(config.policy_epochs, config.critic_epochs)):
         for rows in minibatch_indices(len(data.obs), config.minibatch, member.generator):
             optimizers, loss = [], torch.zeros(())
@@ -540,17 +544,27 @@ def update_by_hand(member, data, config):
                 mean, log_std = member.policy(data.obs[rows])
                 log_probs = gaussian_log_prob(mean, log_std, data.actions[rows])
                 ratios = torch.exp(log_probs - data.behaviour_log_probs[rows])
-                own = data.own[rows]
-                kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
-                loss = loss - (data.weights[rows] * ratios * data.advantages[rows]).mean()
-                if own.any():
-                    loss = loss + member.beta * kl.mean()
+                advantages = data.advantages[rows]
+                if config.mutation == "ppo-clip":
+                    clipped = torch.clamp(ratios, 1 - config.clip_range, 1 + config.clip_range)
+                    policy_loss = -(data.weights[rows] * torch.min(ratios * advantages, clipped * advantages)).mean()
+                    clip_fractions.append(float(((ratios - 1).abs() > config.clip_range).float().mean()))
+                else:
+                    own = data.own[rows]
+                    kl = gaussian_kl(old_mean[rows][own], old_log_std, mean[own], log_std)
+                    policy_loss = -(data.weights[rows] * ratios * advantages).mean()
+                    if own.any():
+                        policy_loss = policy_loss + member.beta * kl.mean()
+                policy_losses.append(float(policy_loss))
+                loss = loss + policy_loss
                 optimizers.append((member.policy_optimizer, member.policy))
             if epoch < config.critic_epochs:
                 critic_rows = rows[data.own[rows]] if config.critic_data == "own" else rows
                 # a minibatch without own rows still takes the critic's Adam step, on a zero gradient
                 errors = (member.critic(data.obs[critic_rows]) - data.returns[critic_rows]) ** 2
-                loss = loss + (errors.mean() if len(critic_rows) else errors.sum())
+                critic_loss = errors.mean() if len(critic_rows) else errors.sum()
+                critic_losses.append(float(critic_loss))
+                loss = loss + critic_loss
                 optimizers.append((member.critic_optimizer, member.critic))
             for optimizer, _ in optimizers:
                 optimizer.zero_grad()
@@ -561,7 +575,17 @@ def update_by_hand(member, data, config):
                 optimizer.step()
     with torch.no_grad():
         mean, log_std = member.policy(data.obs[data.own])
-        return float(gaussian_kl(old_mean[data.own], old_log_std, mean, log_std).mean())
+        kl = float(gaussian_kl(old_mean[data.own], old_log_std, mean, log_std).mean())
+    return dict(policy_kl=kl, policy_loss=np.mean(policy_losses), value_loss=np.mean(critic_losses),
+                clip_fraction=np.mean(clip_fractions) if clip_fractions else None)
+
+
+def assert_same_networks(member, other):
+    for a, b in zip([*member.policy.parameters(), *member.critic.parameters()],
+                    [*other.policy.parameters(), *other.critic.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert adam_state(member.policy_optimizer)[0] == adam_state(other.policy_optimizer)[0]
+    assert adam_state(member.critic_optimizer)[0] == adam_state(other.critic_optimizer)[0]
 
 
 @pytest.mark.parametrize("minibatch, policy_epochs, critic_epochs, critic_data, max_grad_norm, own_steps",
@@ -580,15 +604,14 @@ def test_a_ppo_update_is_the_textbook_loop_over_minibatches_and_epochs(minibatch
     data = pool_batches(member, batches, 0, config)
     assert 0 < float(data.weights[own_steps:].min()) < 1  # truncated weights, not all 1
     stats = update(member, data, config)
-    kl = update_by_hand(by_hand, data, config)
-    for a, b in zip([*member.policy.parameters(), *member.critic.parameters()],
-                    [*by_hand.policy.parameters(), *by_hand.critic.parameters()]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert adam_state(member.policy_optimizer)[0] == adam_state(by_hand.policy_optimizer)[0]
-    assert adam_state(member.critic_optimizer)[0] == adam_state(by_hand.critic_optimizer)[0]
-    assert kl > 0 and stats.kl == pytest.approx(kl, rel=1e-4)
-    assert stats.beta == member.beta == adapt_beta(config.initial_beta, kl, config.kl_target)
-    assert stats.effective_sample_size == pytest.approx(effective_sample_size(data.weights.numpy()))
+    expected = update_by_hand(by_hand, data, config)
+    assert_same_networks(member, by_hand)
+    kl = expected["policy_kl"]
+    assert kl > 0 and stats["policy_kl"] == pytest.approx(kl, rel=1e-4)
+    for name in ("policy_loss", "value_loss"):  # means over the update's steps
+        assert stats[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert stats["beta"] == member.beta == adapt_beta(config.initial_beta, kl, config.kl_target)
+    assert stats["effective_sample_size"] == pytest.approx(effective_sample_size(data.weights.numpy()))
 
 
 def test_share_rows_of_one_draws_one_foreign_row_each_epoch():
@@ -646,3 +669,61 @@ def test_joint_standardizes_the_advantages_over_every_ranks_rows():
         thread.join()
     np.testing.assert_allclose(torch.cat([pooled[0].advantages, pooled[1].advantages]).numpy(), standardize(raw),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_clipped_loss_hand_computed():
+    from gpo_mpi.mutations.ppo_clip import clipped_loss
+    ratios, advantages = torch.tensor([0.5, 1.0, 1.5, 0.5]), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    # min(0.5, 0.8) + min(-1, -1) + min(1.5, 1.2) + min(-0.5, -0.8) = 0.5 - 1 + 1.2 - 0.8 = -0.1, over 4 rows
+    assert clipped_loss(ratios, advantages, 0.2, 4).item() == pytest.approx(0.1 / 4)
+    # fixed weights multiply each clipped term; the mean divides by n_rows (every rank's, under Joint)
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.0])
+    assert clipped_loss(ratios, advantages, 0.2, 8, weights).item() == pytest.approx(-(0.5 - 0.5 + 2.4 - 0.8) / 8)
+    # no gradient where the ratio left the range in the advantage's direction, the plain one inside it
+    ratios = torch.tensor([1.5, 1.1, 0.5], requires_grad=True)
+    clipped_loss(ratios, torch.tensor([1.0, 1.0, 1.0]), 0.2, 3).backward()
+    torch.testing.assert_close(ratios.grad, torch.tensor([0.0, -1 / 3, -1 / 3]))
+
+
+@pytest.mark.parametrize("minibatch, policy_epochs, critic_epochs, own_steps", [(32, 3, 2, 65), (0, 2, 3, 64)])
+def test_a_ppo_clip_update_is_the_textbook_clipped_loop(minibatch, policy_epochs, critic_epochs, own_steps):
+    """Own rows and another member's under their truncated weights, at a learning rate that takes ratios out
+    of the clip range: the networks, losses and clip fraction are the textbook loop's."""
+    config = dataclasses.replace(CONFIG, mutation="ppo-clip", minibatch=minibatch, policy_epochs=policy_epochs,
+                                 critic_epochs=critic_epochs, policy_lr=3e-2, clip_range=0.1)
+    member, by_hand = Member.create(0, 3, 1, config, seed=5), Member.create(0, 3, 1, config, seed=5)
+    batches = [sampled_batch(member.policy, seed=1, steps=own_steps),
+               sampled_batch(GaussianPolicy(3, 1), seed=2, steps=64)]
+    data = pool_batches(member, batches, 0, config)
+    stats = update(member, data, config)
+    expected = update_by_hand(by_hand, data, config)
+    assert_same_networks(member, by_hand)
+    assert 0 < expected["clip_fraction"] < 1  # some ratios clipped, not all
+    for name in ("policy_kl", "policy_loss", "value_loss", "clip_fraction"):
+        assert stats[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-6), name
+    assert "beta" not in stats and member.beta == config.initial_beta
+
+
+@pytest.mark.parametrize("mutation", ["ppo", "ppo-clip", "a2c"])
+def test_the_diagnostics_of_an_update_by_hand(mutation):
+    """Entropy, SB3's approximate KL and the critic's explained variance, on the own rows only."""
+    config = dataclasses.replace(CONFIG, mutation=mutation, normalize_advantages=True)
+    member = Member.create(0, 3, 1, config, seed=3)
+    data = pool_batches(member, [sampled_batch(member.policy, seed=1), sampled_batch(GaussianPolicy(3, 1), seed=2)],
+                        0, config)
+    own = data.own
+    with torch.no_grad():
+        old_log_probs = member.policy.log_prob(data.obs[own], data.actions[own])
+        values = member.critic(data.obs[own])
+    stats = update(member, data, config)
+    returns = data.returns[own].double().numpy()
+    with torch.no_grad():
+        log_ratios = (member.policy.log_prob(data.obs[own], data.actions[own]) - old_log_probs).double()
+        mean, log_std = member.policy(data.obs[own])
+        entropy = torch.distributions.Normal(mean, log_std.exp()).entropy().sum(-1).mean()
+    assert stats["approx_kl"] == pytest.approx(float(((log_ratios.exp() - 1) - log_ratios).mean()), rel=1e-3)
+    assert stats["approx_kl"] > 0
+    assert stats["entropy"] == pytest.approx(float(entropy), rel=1e-5)
+    expected_variance = 1 - np.var(returns - values.double().numpy()) / np.var(returns)
+    assert stats["explained_variance"] == pytest.approx(expected_variance, rel=1e-4, abs=1e-6)
+    assert set(stats) == set(mutations.algorithm(config).statistic_names)

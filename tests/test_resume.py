@@ -443,9 +443,15 @@ def test_tensorboard_scalars_follow_the_run_file_through_a_resume(mpirun, tmp_pa
     assert len(scalars["gpo/median_kl_between_members"][0]) == 3
     with h5py.File(out) as run_file:
         set_sizes = run_file["iterations/share_set_size"][()].mean(axis=1)
+        diagnostics = {name: run_file[f"iterations/{name}"][()] for name in
+                       ("beta", "policy_kl", "approx_kl", "entropy", "explained_variance", "value_loss")}
     sharing_steps, mean_set_sizes = scalars["sharing/mean_share_set_size"]
     assert sharing_steps == steps.tolist()
     np.testing.assert_allclose(mean_set_sizes, set_sizes, rtol=1e-6)
+    for name, values in diagnostics.items():  # the update's statistics, means over members, as SB3 names them
+        logged_steps, means = scalars[f"train/{name}"]
+        assert logged_steps == steps.tolist()
+        np.testing.assert_allclose(means, values.mean(axis=1), rtol=1e-5)
 
 
 USER_ENV_RUN = TINY + ["--algo", "single", "--population", "2", "--total-steps", "1664"]  # 13 iterations

@@ -41,6 +41,14 @@ def test_single_run_file_layout(mpirun, tmp_path):
         # each of a member's 2 envs steps 32 per iteration; 20-step episodes end at 20 | 40, 60 | 80
         np.testing.assert_array_equal(run_file["iterations/member_episodes"][:], [[2, 2], [4, 4], [2, 2]])
         assert np.all(run_file["iterations/beta"][:] > 0)
+        # the diagnostics PPO users read, per member and iteration
+        np.testing.assert_array_equal(run_file["iterations/episode_length"][:], 20)
+        statistics = {name: run_file[f"iterations/{name}"][:] for name in
+                      ("policy_kl", "approx_kl", "value_loss", "entropy", "explained_variance", "policy_loss")}
+        assert all(values.shape == (3, 2) and np.all(np.isfinite(values)) for values in statistics.values())
+        assert np.all(statistics["policy_kl"] > 0) and np.all(statistics["approx_kl"] >= 0)
+        assert np.all(statistics["value_loss"] > 0) and np.all(statistics["explained_variance"] <= 1)
+        assert "iterations/clip_fraction" not in run_file  # PPO-clip's alone
         assert run_file["rounds/kl_matrix"].shape == (0, 2, 2)  # no sharing in Single
         assert run_file["final/policy_parameters"].shape == (2, 3 * 64 + 64 + 64 * 64 + 64 + 64 + 1 + 1)
         assert not np.array_equal(*run_file["final/policy_parameters"][:])
@@ -270,7 +278,7 @@ def test_a2c_mutation_runs_without_a_penalty(mpirun, tmp_path):
                  "--total-steps", "128")
     assert result.returncode == 0, result.stderr
     with h5py.File(out) as run_file:
-        np.testing.assert_array_equal(run_file["iterations/beta"][:], 1.0)  # never adapted
+        assert "iterations/beta" not in run_file  # no penalty to adapt
         assert np.all(run_file["iterations/policy_kl"][:] > 0)  # but the policy moved
 
 

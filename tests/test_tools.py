@@ -403,7 +403,13 @@ def test_a_progress_csv_beside_the_run_file_holds_its_iterations(gpo_run):
     with h5py.File(gpo_run) as run_file:
         steps, returns = run_file["iterations/env_steps"][()], run_file["iterations/member_return"][()]
         beta = run_file["iterations/beta"][()]
+        statistics = {name: run_file[f"iterations/{name}"][()] for name in
+                      ("policy_kl", "approx_kl", "entropy", "explained_variance", "episode_length")}
     assert [int(row["env_steps"]) for row in rows] == steps.tolist()
+    for name, values in statistics.items():  # each member statistic's mean over members
+        for row, value in zip(rows, np.nanmean(values, axis=1)):
+            assert (row[f"{name}_mean"] == "") if np.isnan(value) else np.isclose(float(row[f"{name}_mean"]), value,
+                                                                                  rtol=1e-5, atol=1e-6)
     for row, member_returns, member_beta in zip(rows, returns, beta):
         for i, value in enumerate(member_returns):
             assert (row[f"return_{i}"] == "") if np.isnan(value) else np.isclose(float(row[f"return_{i}"]), value,

@@ -1,0 +1,54 @@
+"""A mutation algorithm of one's own, defined in this file alone (`--mutation test_mutation_plugin:Class`),
+in a whole GPO run under mpiexec."""
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from gpo_mpi.mutate import Mutation, PolicyStep
+from test_cli import gpo_mpi_command
+from test_run import TINY, TINY_GPO
+
+
+class VanillaPolicyGradient(Mutation):
+    """One epoch of minibatch steps on -mean(w * ratio * A); reports the mean ratio of its steps."""
+    statistics = ("mean_ratio",)
+
+    def policy_epochs(self) -> int:
+        return 1
+
+    def policy_loss(self, member, step: PolicyStep) -> torch.Tensor:
+        step.report("mean_ratio", step.ratios.detach().sum() / step.n_rows)
+        return -(step.weighted_ratios() * step.advantages).sum() / step.n_rows
+
+
+def run_with(mpirun, n_ranks, out, mutation):
+    return mpirun(n_ranks, [gpo_mpi_command(), *TINY, *TINY_GPO, "--share-epsilon", "inf", "--mutation", mutation,
+                            "--out", str(out)], timeout=240, env={"PYTHONPATH": str(Path(__file__).parent)})
+
+
+def test_a_mutation_class_of_ones_own_runs_gpo_and_records_its_statistic(mpirun, tmp_path):
+    runs = {}
+    for n_ranks in (1, 2):
+        out = tmp_path / f"plugin{n_ranks}.h5"
+        result = run_with(mpirun, n_ranks, out, "test_mutation_plugin:VanillaPolicyGradient")
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as run_file:
+            assert "iterations/beta" not in run_file and "iterations/clip_fraction" not in run_file
+            runs[n_ranks] = {name: run_file[name][()] for name in
+                             ("iterations/mean_ratio", "iterations/policy_kl", "final/policy_parameters")}
+    ratios = runs[1]["iterations/mean_ratio"]
+    assert ratios.shape == (3, 4) and np.all(np.abs(ratios - 1) < 0.5) and np.any(ratios != 1)
+    for name, values in runs[1].items():  # 2 ranks run what one process runs
+        np.testing.assert_array_equal(runs[2][name], values, err_msg=name)
+
+
+def test_a_mutation_that_cannot_be_loaded_is_one_line_from_one_rank(mpirun, tmp_path):
+    out = tmp_path / "missing.h5"
+    result = run_with(mpirun, 2, out, "test_mutation_plugin:NoSuchClass")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("gpo-mpi: error: mutation test_mutation_plugin:NoSuchClass: "
+                                                     "cannot load it"), result.stderr
+    assert not out.exists()
