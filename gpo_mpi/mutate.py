@@ -297,6 +297,7 @@ class Mutation:
                     (member.critic_optimizer, list(critic.parameters()))]
         with torch.no_grad():
             old_mean, old_log_std = policy(data.obs)
+            old_log_std = old_log_std.clone()  # the parameter itself, which the steps below change in place
         only_own_data = bool(data.own.all())
         if parallel is not None and not only_own_data:
             raise ValueError("data parallelism (Joint) never pools other members' batches")

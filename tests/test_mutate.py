@@ -536,6 +536,7 @@ def update_by_hand(member, data, config):
     from gpo_mpi.networks import gaussian_log_prob
     with torch.no_grad():
         old_mean, old_log_std = member.policy(data.obs)
+        old_log_std = old_log_std.clone()
     policy_losses, critic_losses, clip_fractions = [], [], []
     for epoch in range(max(config.policy_epochs, config.critic_epochs)):
         for rows in minibatch_indices(len(data.obs), config.minibatch, member.generator):
@@ -555,7 +556,7 @@ def update_by_hand(member, data, config):
                     policy_loss = -(data.weights[rows] * ratios * advantages).mean()
                     if own.any():
                         policy_loss = policy_loss + member.beta * kl.mean()
-                policy_losses.append(float(policy_loss))
+                policy_losses.append(float(policy_loss.detach()))
                 loss = loss + policy_loss
                 optimizers.append((member.policy_optimizer, member.policy))
             if epoch < config.critic_epochs:
@@ -563,7 +564,7 @@ def update_by_hand(member, data, config):
                 # a minibatch without own rows still takes the critic's Adam step, on a zero gradient
                 errors = (member.critic(data.obs[critic_rows]) - data.returns[critic_rows]) ** 2
                 critic_loss = errors.mean() if len(critic_rows) else errors.sum()
-                critic_losses.append(float(critic_loss))
+                critic_losses.append(float(critic_loss.detach()))
                 loss = loss + critic_loss
                 optimizers.append((member.critic_optimizer, member.critic))
             for optimizer, _ in optimizers:
@@ -727,3 +728,24 @@ def test_the_diagnostics_of_an_update_by_hand(mutation):
     expected_variance = 1 - np.var(returns - values.double().numpy()) / np.var(returns)
     assert stats["explained_variance"] == pytest.approx(expected_variance, rel=1e-4, abs=1e-6)
     assert set(stats) == set(mutations.algorithm(config).statistic_names)
+
+
+@pytest.mark.parametrize("mutation", ["ppo", "ppo-clip"])
+def test_the_kl_of_an_update_sees_the_change_of_the_standard_deviation(mutation):
+    """The old policy is the one before the update, its log-std included: the policy's log-std is a parameter
+    that the update's steps change in place, so a reference to it kept as "old" would follow the new one and
+    the penalty and the reported KL would see only the means move (as they did until this test)."""
+    import copy
+    config = dataclasses.replace(CONFIG, mutation=mutation, policy_lr=3e-2, policy_epochs=5)
+    member = Member.create(0, 3, 1, config, seed=8)
+    before = copy.deepcopy(member.policy)
+    data = pool_batches(member, [sampled_batch(member.policy, seed=3)], 0, config)
+    stats = update(member, data, config)
+    assert float((before.log_std - member.policy.log_std).abs().max()) > 0.01
+    with torch.no_grad():
+        old_mean, old_log_std = before(data.obs)
+        new_mean, new_log_std = member.policy(data.obs)
+        kl = float(gaussian_kl(old_mean, old_log_std, new_mean, new_log_std).mean())
+        means_only = float(gaussian_kl(old_mean, new_log_std, new_mean, new_log_std).mean())
+    assert stats["policy_kl"] == pytest.approx(kl, rel=1e-5)
+    assert abs(kl - means_only) > 1e-3 * kl  # a part of it the comparison above can see
