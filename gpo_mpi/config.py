@@ -128,9 +128,9 @@ class RunConfig:
     critic_data: Literal["own", "shared"] = "own"
     """What each critic is fitted on under data sharing: its member's own batch, or the whole pooled data S_i."""
     kl_states: int = 1024
-    """States per member pooled into the shared set on which the KL matrix is measured."""
-    kl_states_total: int = 0
-    """With a value: that many states in all (kl_states_total // population from each member, at least one) instead of kl_states from each, so the KL matrix's traffic and work per rank grow with the population instead of its square (docs/SCALING.md). 0: kl_states from each member."""
+    """States per member pooled into the shared set on which the KL matrix is measured, where kl_states_total is 0."""
+    kl_states_total: int = 8192
+    """States in all of the KL matrix's shared set: kl_states_total // population from each member (at least one), so its traffic and work per rank grow with the population instead of its square (docs/SCALING.md); at the paper's population of 8, 1,024 from each. 0: kl_states from each member, whatever the population."""
 
     # -------------------------------------------------------------- evaluation
     eval_episodes: int = 10
