@@ -65,14 +65,14 @@ def test_the_kl_states_policy_rows_and_each_ranks_kl_rows_are_the_matrix_of_the_
     batch = Batch(obs=obs, actions=np.zeros((50, 2), np.float32), log_probs=np.zeros(50, np.float32),
                   rewards=np.zeros(50, np.float32), next_obs=obs, terminated=np.zeros(50, bool),
                   truncated=np.zeros(50, bool))
-    config = RunConfig(kl_states=20, seed=3)
+    config = RunConfig(kl_states=20, kl_states_total=0, seed=3)
     states = kl_states(config, 1, 7, batch)
     rows_of_batch = [int(np.flatnonzero((obs == state).all(axis=1))[0]) for state in states]
     assert len(states) == 20 == len(set(rows_of_batch))
     np.testing.assert_array_equal(kl_states(config, 1, 7, batch), states)
     assert not np.array_equal(kl_states(config, 1, 8, batch), states)
     assert not np.array_equal(kl_states(config, 2, 7, batch), states)
-    assert len(kl_states(RunConfig(kl_states=80), 1, 7, batch)) == 50
+    assert len(kl_states(RunConfig(kl_states=80, kl_states_total=0), 1, 7, batch)) == 50
     torch.manual_seed(1)
     policies = [GaussianPolicy(3, 2, init_log_std=s) for s in (-0.5, 0.0, 0.4)]
     rows = policy_rows(policies, states)
