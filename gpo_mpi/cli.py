@@ -277,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
 def _start(comm, make_config, choice: argparse.Namespace, signalled_before_start=lambda: False):
     """Make the config, check --out and whether to resume, with every rank agreeing on any error
     (rank 0 alone reports it), then run. Returns (config, whether the run finished)."""
-    from .engine import agree_on_startup, run
+    from .engine import run
     from .paths import check_output_file
+    from .runbase import agree_on_startup
 
     message = run_config = resume = None
     try:
