@@ -52,3 +52,23 @@ def test_a_mutation_that_cannot_be_loaded_is_one_line_from_one_rank(mpirun, tmp_
     assert len(errors) == 1 and errors[0].startswith("gpo-mpi: error: mutation test_mutation_plugin:NoSuchClass: "
                                                      "cannot load it"), result.stderr
     assert not out.exists()
+
+
+def test_ppo_clip_in_gpo_on_two_ranks_is_the_one_process_run(mpirun, tmp_path):
+    """PPO-clip with data sharing (the clipped ratio pi_theta / pi_i_old, foreign rows under their fixed
+    weights) and minibatches, in a whole GPO run: 2 ranks give the one process's run file bit for bit."""
+    runs = {}
+    for n_ranks in (1, 2):
+        out = tmp_path / f"clip{n_ranks}.h5"
+        result = run_with(mpirun, n_ranks, out, "ppo-clip")
+        assert result.returncode == 0, result.stderr
+        with h5py.File(out) as run_file:
+            assert "iterations/beta" not in run_file
+            runs[n_ranks] = {name: run_file[name][()] for name in
+                             ("iterations/clip_fraction", "iterations/share_set_size", "iterations/policy_kl",
+                              "final/policy_parameters", "breeding/parent_pairs")}
+    clip_fraction = runs[1]["iterations/clip_fraction"]
+    assert np.all((clip_fraction > 0) & (clip_fraction < 0.5))  # some ratios left the range in every update
+    assert np.any(runs[1]["iterations/share_set_size"] > 1)  # it learned from other members' batches
+    for name, values in runs[1].items():
+        np.testing.assert_array_equal(runs[2][name], values, err_msg=name)
