@@ -307,6 +307,22 @@ def make_child(operator: str, parents: tuple[GaussianPolicy, GaussianPolicy], fi
     return (record.selector_loss, record.imitation_loss, record.second_parent_share)
 
 
+def breed(index: int, pair: tuple[int, int], fitter: int, parents: dict[str, np.ndarray], parent_data: dict | None,
+          obs_dim: int, act_dim: int, env: EnvSpec, normalizer: ObsNormalizer, config: RunConfig,
+          round_index: int) -> tuple[Member, tuple[float, float, float]]:
+    """Slot `index`'s child of `pair` in this round: its start (`newborn`, from its fitter parent), then the
+    run's crossover into its policy. `parents`: the parents' rows by member (learner.MemberRows' columns);
+    `parent_data`: each parent's selector data by member (state-space crossover only). Returns the child and
+    make_child's diagnostics."""
+    seed = seeds.child(config.seed, index, round_index)
+    parent_pair = parent_policies(parents, pair, obs_dim, act_dim, config)
+    member = newborn(index, obs_dim, act_dim, parents, fitter, config, seed)
+    data_pair = (parent_data[pair[0]], parent_data[pair[1]]) if parent_data is not None else None
+    diagnostics = make_child(operator_of(config), parent_pair, pair.index(fitter), data_pair, member.policy, env,
+                             normalizer, config, seed, f"crossover for member {index}")
+    return member, diagnostics
+
+
 def child_sampling_actions(policy: GaussianPolicy):
     """The policy's own Gaussian as a sampler's action function."""
     mean_of = policy.numpy_mean()

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from . import crossover, mpi, schedules, seeds, select, sharing, slots
+from . import crossover, mpi, schedules, select, sharing, slots
 from .config import RunConfig
 from .learner import MemberRows
 from .mutate import DataParallel, pool_batches
@@ -239,16 +239,9 @@ class Population(RunBase):
               parent_data: dict | None, round_index: int) -> tuple[float, float, float]:
         """Replace `lm`'s member by the child of x and y (`parents`: gather_parents' rows; an elite, x == y ==
         its own slot, stays as it is). Returns the crossover diagnostics."""
-        config = self.config
         if x == y == lm.member.index:  # an elite goes on as it is
             return (np.nan, np.nan, np.nan)
-        seed = seeds.child(config.seed, lm.member.index, round_index)
-        parent_policies = crossover.parent_policies(parents, (x, y), self.obs_dim, self.act_dim, config)
-        member = crossover.newborn(lm.member.index, self.obs_dim, self.act_dim, parents, fitter, config, seed)
-        parent_pair = (parent_data[x], parent_data[y]) if parent_data is not None else None
-        diagnostics = crossover.make_child(crossover.operator_of(config), parent_policies, (x, y).index(fitter),
-                                           parent_pair, member.policy, self.env, self.normalizer, config, seed,
-                                           f"crossover for member {lm.member.index}")
-        lm.member = member
+        lm.member, diagnostics = crossover.breed(lm.member.index, (x, y), fitter, parents, parent_data, self.obs_dim,
+                                                 self.act_dim, self.env, self.normalizer, self.config, round_index)
         self.restart_samplers([lm])  # its first episodes are its own (the child return recorded)
         return diagnostics
