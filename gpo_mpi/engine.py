@@ -166,7 +166,7 @@ class Population(RunBase):
                         for r, n in [lm.sampler.episodes.take()]]
         episodes, _ = self._mpi(mpi.allgatherv_rows, np.concatenate(episode_rows).reshape(-1, 3))
         member_rows = np.array([[member.index, len(self.share_sets[member.index])]
-                                + [s[name] for name in self.mutation.statistic_names]
+                                + [s.get(name, np.nan) for name in self.mutation.statistic_names]
                                 for member, s in zip(self.members, stats)])
         member_stats, _ = self._mpi(mpi.allgatherv_rows, member_rows)
         if self.recorder:

@@ -306,7 +306,9 @@ class Mutation:
         sum_gradients = parallel.sum_gradients if parallel else None
         critic_own_only = config.critic_data == "own" and not only_own_data
         own_obs, own_returns = data.obs[rows.own_rows], data.returns[rows.own_rows]
+        # every declared statistic has a place in the sum over ranks; those the steps reported are kept
         report_sums: dict[str, float] = dict.fromkeys(self.statistics, 0.0)
+        reported: set[str] = set()
         losses = np.zeros(4)  # the policy's and critic's loss summed over steps, and the number of steps of each
 
         def policy_step(minibatch: Minibatch) -> PolicyStep:
@@ -322,6 +324,7 @@ class Mutation:
             loss = self.policy_loss(member, step)
             for name, value in step.reports.items():
                 report_sums[name] += value
+                reported.add(name)
             losses[0] += float(loss.detach())
             losses[2] += 1
             return loss
@@ -357,9 +360,9 @@ class Mutation:
                     raise NonFiniteError(f"member {member.index} on {config.env}: the policy-gradient loss became "
                                          f"non-finite ({float(loss.detach())})")
                 _step([o for o, _ in chosen], [p for _, p in chosen], loss, config.max_grad_norm, sum_gradients)
-        return self._statistics(member, update, losses, report_sums, parallel)
+        return self._statistics(member, update, losses, report_sums, reported, parallel)
 
-    def _statistics(self, member: Member, update: Update, losses: np.ndarray, report_sums: dict,
+    def _statistics(self, member: Member, update: Update, losses: np.ndarray, report_sums: dict, reported: set,
                     parallel: DataParallel | None) -> dict[str, float]:
         """The update's statistics, from sums over every rank's rows (one sum over ranks under `parallel`)."""
         data, own_rows = update.data, update.rows.own_rows
@@ -392,6 +395,6 @@ class Mutation:
             entropy=float(entropy_sum / max(n_own, 1.0)), approx_kl=float(approx_kl_sum / max(n_own, 1.0)),
             explained_variance=float(1 - error_variance / return_variance) if return_variance > 0 else np.nan)
         statistics.update({name: float(total / max(n_policy_steps, 1)) for name, total in
-                           zip(report_sums, sums[11:])})
+                           zip(report_sums, sums[11:]) if name in reported})
         statistics.update(self.after_update(member, kl))
         return statistics
