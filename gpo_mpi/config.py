@@ -103,6 +103,8 @@ class RunConfig:
     """Starting weight of the KL penalty."""
     critic_lr: float = 3e-3
     """Adam learning rate of the critic."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """Learning rates of policy and critic over the run: constant, or decaying linearly to 0 at total_steps (each update at policy_lr and critic_lr times 1 - the steps before its iteration / total_steps), the common PPO practice; GPO, Single and Joint alike."""
     critic_epochs: int = 50
     """Passes over the batch per iteration for the critic (the paper gives none)."""
     normalize_advantages: bool = True

@@ -118,18 +118,19 @@ class Population(RunBase):
     def update_members(self) -> list:
         """One policy-gradient iteration of every local policy; returns their statistics (self.members order)."""
         config = self.config
+        learning_rate_factor = schedules.learning_rate_factor(config, self.env_steps)
         if self.joint:
-            return [self.update_joint()]
+            return [self.update_joint(learning_rate_factor)]
         shared_batches = self.exchange_batches() if any(len(s) > 1 for s in self.share_sets) else {}
         stats = []
         for lm, own_batch in zip(self.local, self.last_batches):
             members_read = list(self.share_sets[lm.member.index])
             batches = [shared_batches[j] for j in members_read] if shared_batches else [own_batch]
             pooled = pool_batches(lm.member, batches, members_read.index(lm.member.index), config)
-            stats.append(self.mutation.update(lm.member, pooled))
+            stats.append(self.mutation.update(lm.member, pooled, learning_rate_factor=learning_rate_factor))
         return stats
 
-    def update_joint(self):
+    def update_joint(self, learning_rate_factor: float):
         """Joint's one policy learns from the batches of every sampler slot: this
         rank's rows are the slots it holds, and the step is the whole batch's."""
         config = self.config
@@ -140,7 +141,8 @@ class Population(RunBase):
                                     sum_values=lambda values: self._mpi(mpi.allreduce_sum, values),
                                     sum_gradients=lambda parameters: self._mpi(mpi.sum_gradients, parameters))
         member = self.local[0].member
-        stats = self.mutation.update(member, pool_batches(member, self.last_batches, None, config, parallel), parallel)
+        stats = self.mutation.update(member, pool_batches(member, self.last_batches, None, config, parallel), parallel,
+                                     learning_rate_factor)
         return dict(stats, effective_sample_size=float(total_rows))
 
     def exchange_batches(self) -> dict[int, Batch]:

@@ -284,8 +284,10 @@ class Mutation:
         """Adapt what the algorithm keeps after the update; returns its statistics besides the reports."""
         return {}
 
-    def update(self, member: Member, data: PooledData, parallel: DataParallel | None = None) -> dict[str, float]:
-        """One policy-gradient iteration and the critic's fit; returns the statistics by name.
+    def update(self, member: Member, data: PooledData, parallel: DataParallel | None = None,
+               learning_rate_factor: float = 1.0) -> dict[str, float]:
+        """One policy-gradient iteration and the critic's fit, at `learning_rate_factor` times the configured
+        learning rates (schedules.learning_rate_factor); returns the statistics by name.
 
         Under `parallel` (Joint), every rank computes the loss of the rows it holds divided by the
         minibatch's size and the gradients are summed over ranks, so the step is that of one process
@@ -293,6 +295,10 @@ class Mutation:
         """
         config = self.config
         policy, critic = member.policy, member.critic
+        for optimizer, learning_rate in ((member.policy_optimizer, config.policy_lr),
+                                         (member.critic_optimizer, config.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * learning_rate_factor
         networks = [(member.policy_optimizer, list(policy.parameters())),
                     (member.critic_optimizer, list(critic.parameters()))]
         with torch.no_grad():

@@ -1,9 +1,9 @@
-"""What a run does on a schedule besides Algorithm 1's phases: measuring the KL matrix for data sharing,
-evaluating every policy, writing checkpoints. Each is a small hook, as Stable-Baselines3's callbacks are:
-the round loop asks it after (or, for the KL, during) each iteration whether its time has come, and a hook
-that returns False ends the run there (a stop, with its checkpoint written).
+"""What a run does on a schedule besides Algorithm 1's phases: measuring the KL matrix for data sharing, the
+learning rates' decay, evaluating every policy, writing checkpoints. Evaluations and checkpoints are small
+hooks, as Stable-Baselines3's callbacks are: the round loop asks each after every iteration whether its time
+has come, and a hook that returns False ends the run there (a stop, with its checkpoint written).
 
-A hook decides from the configuration and the run's position alone, which every rank holds alike, so every
+Each decides from the configuration and the run's position alone, which every rank holds alike, so every
 rank calls the same collectives.
 """
 from __future__ import annotations
@@ -18,6 +18,16 @@ def measures_kl(config: RunConfig, round_index: int, step: int) -> bool:
         return False
     return step == 0 or bool(config.shares_in(round_index) and config.share_every and step % config.share_every == 0
                              and config.share_sets_need_kl)
+
+
+def learning_rate_factor(config: RunConfig, env_steps: int) -> float:
+    """What policy_lr and critic_lr are multiplied by in the update of the iteration that starts after
+    `env_steps` steps: 1, or under lr_schedule "linear" the share of the budget still to come (as
+    Stable-Baselines3's linear schedule of the progress remaining, taken before the iteration's rollout, so
+    that the first update is at the full rate and none at 0)."""
+    if config.lr_schedule == "constant":
+        return 1.0
+    return max(0.0, 1.0 - env_steps / config.total_steps)
 
 
 class Hook:

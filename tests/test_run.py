@@ -60,6 +60,7 @@ def test_single_run_file_layout(mpirun, tmp_path):
     ["--share-epsilon", "0.03", "--kl-states-total", "40"],  # the KL matrix on 10 states of each member
     ["--share-epsilon", "inf", "--share-max", "1", "--share-ratio-cap", "0.5"],  # the nearest other member
     ["--share-epsilon", "inf", "--share-max", "1", "--share-rows", "16"],  # 16 of its 64 rows each epoch
+    ["--share-epsilon", "inf", "--share-max", "1", "--lr-schedule", "linear"],  # learning rates decaying to 0
     # the same along the sharing graph: each rank receives only the batches its members read
     ["--share-epsilon", "inf", "--share-max", "1", "--share-ratio-cap", "0.5", "--exchange", "graph"],
 ])

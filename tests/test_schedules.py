@@ -73,3 +73,33 @@ def test_checkpoints_every_checkpoint_every_iterations_of_a_round_and_at_a_stop(
             assert go_on
     if not stop_agreed:  # never at the round's last iteration: the checkpoint after its breeding follows
         assert written == [(1, s) for s in range(4, steps, 4)]
+
+
+def test_the_linear_learning_rate_factor_falls_to_zero_at_the_budget():
+    linear = RunConfig(total_steps=10_000, lr_schedule="linear")
+    assert [schedules.learning_rate_factor(linear, steps) for steps in (0, 2_500, 10_000, 12_000)] == [1.0, 0.75, 0, 0]
+    assert schedules.learning_rate_factor(RunConfig(total_steps=10_000), 9_000) == 1.0  # constant
+
+
+def test_an_update_at_half_the_rate_is_the_update_with_halved_learning_rates():
+    """The factor scales both networks' Adam learning rates for that update: at 0.5 the networks are those
+    of an update with policy_lr and critic_lr halved, bit for bit; at 0 nothing moves."""
+    import torch
+    from gpo_mpi import mutations
+    from gpo_mpi.learner import Member
+    from gpo_mpi.mutate import pool_batches
+    from test_mutate import sampled_batch
+    config = RunConfig(population=1, total_steps=10_000, batch_steps=64, policy_epochs=2, critic_epochs=3)
+    halved = dataclasses.replace(config, policy_lr=config.policy_lr * 0.5, critic_lr=config.critic_lr * 0.5)
+    scaled, by_config, frozen = (Member.create(0, 3, 1, config, seed=1) for _ in range(3))
+    data = pool_batches(scaled, [sampled_batch(scaled.policy)], 0, config)
+    before = [p.detach().clone() for p in [*frozen.policy.parameters(), *frozen.critic.parameters()]]
+    mutations.algorithm(config).update(scaled, data, learning_rate_factor=0.5)
+    mutations.algorithm(halved).update(by_config, data)
+    mutations.algorithm(config).update(frozen, data, learning_rate_factor=0.0)
+    for a, b in zip([*scaled.policy.parameters(), *scaled.critic.parameters()],
+                    [*by_config.policy.parameters(), *by_config.critic.parameters()]):
+        assert torch.equal(a, b)
+    assert not torch.equal(next(scaled.policy.parameters()), before[0])
+    for a, b in zip([*frozen.policy.parameters(), *frozen.critic.parameters()], before):
+        assert torch.equal(a, b)
