@@ -62,7 +62,7 @@ class _RankZeroParser(argparse.ArgumentParser):
     """Every rank parses the same line and exits alike on a bad flag; only rank 0 prints."""
 
     def __init__(self, *args, quiet: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # --total-step is a typo, not --total-steps
         self.quiet = quiet
 
     def _print_message(self, message, file=None):
@@ -161,7 +161,7 @@ def tool_main(tool: str, arguments: list[str]) -> int:
 
 def run_tool(tool: str, arguments: list[str]) -> str:
     """Run one tool (`gpo-mpi TOOL ...`); returns what it prints. Raises ConfigError for bad input."""
-    parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}")
+    parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}", allow_abbrev=False)
     if tool == "plot":
         from . import plot
 

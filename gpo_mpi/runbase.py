@@ -87,12 +87,15 @@ class RunBase:
 
     def start_from(self, path: str) -> None:
         """Every member (and the observation statistics) from the best policy of another run."""
-        message = None
+        message = started_from = None
         try:
-            slots.warm_start(self.members, self.normalizer, path, self.obs_dim, self.act_dim, self.config.env)
+            started_from = slots.warm_start(self.members, self.normalizer, path, self.obs_dim, self.act_dim,
+                                            self.config.env)
         except ConfigError as error:
             message = f"--init-from {path}: {error}"
         agree_on_startup(self.comm, message)
+        if self.rank == 0:
+            print(f"every member starts from {started_from}", flush=True)
 
     @property
     def members(self) -> list[Member]:

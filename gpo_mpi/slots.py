@@ -50,9 +50,9 @@ def restart(local: list[LocalMember], iteration: int) -> None:
 
 
 def warm_start(members: list[Member], normalizer: ObsNormalizer, path: str, obs_dim: int, act_dim: int,
-               env_name: str) -> None:
+               env_name: str) -> str:
     """Every member's networks (and the observation statistics) from the best policy of the run in `path`;
-    ConfigError where that run's sizes differ."""
+    ConfigError where that run's sizes differ. Returns what it started from, in words."""
     from .saved import read_member
     run, best = read_member(path, None)
     if run.normalizer.mean.shape != (obs_dim,) or run.policies[best].log_std.shape != (act_dim,):
@@ -65,3 +65,4 @@ def warm_start(members: list[Member], normalizer: ObsNormalizer, path: str, obs_
     except RuntimeError as error:  # other hidden layer sizes
         raise ConfigError(str(error)) from None
     normalizer.load_state(run.normalizer.state())
+    return f"member {best} of {path} ({run.config.env}, read from {run.source})"

@@ -109,8 +109,13 @@ def acting_policy(path: str, member: int | None = None) -> ActingPolicy:
 
 def export(path: str, out: str, member: int | None) -> str:
     """Save a member's policy as TorchScript at `out`; returns the message to print."""
-    check_output_file(out, "export -o")
+    directory = os.path.dirname(out) or "."
+    if os.path.exists(directory):
+        check_output_file(out, "export -o")
+    else:
+        check_output_directory(directory, "export -o")  # made, as plot's, once there is a policy to write
     run, chosen = read_member(path, member)
+    ensure_output_directory(directory, "export -o")
     scripted = torch.jit.script(ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval())
     scripted.save(out)
     return (f"wrote member {chosen}'s policy, read from {run.source}, to {out} (TorchScript: torch.jit.load; "

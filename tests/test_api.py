@@ -50,7 +50,12 @@ def test_init_from_starts_every_member_from_the_saved_best_policy(mpirun, tmp_pa
                         "--policy-lr", "1e-30", "--init-from", str(saved), "--out", str(tuned)])
     assert second.returncode == 0, second.stderr
     with h5py.File(saved) as run_file:
-        best = run_file["final/policy_parameters"][int(run_file["final"].attrs["best_member"])]
+        best_member = int(run_file["final"].attrs["best_member"])
+        best = run_file["final/policy_parameters"][best_member]
+    # one line, from rank 0, says what the run started from
+    assert second.stdout.count(f"every member starts from member {best_member} of {saved} (Pendulum-v1, read from "
+                               "the end of the run)") == 1, second.stdout
+    with h5py.File(saved) as run_file:
         saved_statistics = run_file["final/obs_normalizer"][()]
     with h5py.File(tuned) as run_file:
         np.testing.assert_array_equal(run_file["final/policy_parameters"][()], np.tile(best, (4, 1)))

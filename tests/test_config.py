@@ -174,6 +174,9 @@ def test_mistyped_names_get_a_suggestion(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--totl-steps", "5"])
     assert "unrecognized arguments: --totl-steps (did you mean --total-steps?) 5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a prefix is a typo too, not the flag it begins
+        build_parser().parse_args(["--total-step", "5"])
+    assert "unrecognized arguments: --total-step (did you mean --total-steps?) 5" in capsys.readouterr().err
 
 
 def test_the_configuration_reference_in_docs_is_the_generated_one():

@@ -65,7 +65,7 @@ def test_eval_rolls_out_whole_episodes(finished_run):
 
 
 def test_exported_policy_runs_without_gpo_mpi_on_any_float_dtype(finished_run, tmp_path):
-    exported = tmp_path / "policy.pt"
+    exported = tmp_path / "new" / "directory" / "policy.pt"  # made, as plot -o makes its directory
     result = tool("export", finished_run, "-o", exported, "--member", "0")
     assert result.returncode == 0, result.stderr
     obs = np.random.default_rng(0).normal(size=(5, 3))  # float64, as gymnasium's Pendulum gives them
@@ -148,8 +148,8 @@ def test_tools_refuse_bad_input_in_one_line(finished_run, arguments, message):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["export", "RUN", "-o", "TMP/nodir/policy.pt"],
-     "export -o TMP/nodir/policy.pt: the directory TMP/nodir does not exist"),
+    (["export", "RUN", "-o", "TMP/somefile/sub/policy.pt"],
+     "export -o TMP/somefile/sub: cannot make the directory (TMP/somefile is a file)"),
     (["export", "RUN", "-o", "TMP/somefile/policy.pt"], "TMP/somefile is not a directory"),
     (["export", "RUN", "-o", "TMP/somedir"], "export -o TMP/somedir is a directory"),
     (["export", "RUN", "-o", "/proc/policy.pt"], "export -o /proc/policy.pt: cannot write in /proc"),
