@@ -82,14 +82,12 @@ def stop(mpirun, n_ranks, out, signalled_rank, signal_at, resume=False):
 # during breeding stops at the checkpoint after breeding (13 iterations a round).
 @pytest.mark.parametrize("n_ranks, signalled_rank, signal_at, stopped_after", [
     (2, 1, 0, 1),  # during start-up
-    (2, 1, 4, 5),  # mid-round
     (2, 0, 10, 11),  # just after the scheduled checkpoint of iteration 10
     (2, 1, 12, 13),  # a round's last iteration: stops after breeding
     (2, 0, "c", 13),  # during breeding
-    (2, 1, 30, 31),  # the last round
-    (4, 3, 4, 5),
+    (4, 3, 4, 5),  # mid-round (on 2 ranks: the next test's random stops)
     (4, 1, "c", 13),
-    (4, 2, 30, 31),
+    (4, 2, 30, 31),  # the last round
 ])
 def test_stopped_and_resumed_run_equals_uninterrupted(mpirun, tmp_path, uninterrupted, n_ranks, signalled_rank,
                                                       signal_at, stopped_after):

@@ -1,4 +1,5 @@
 """Run files from someone else: reading one runs no code, and a crafted or damaged one gets one line and exit 2."""
+import json
 import os
 import pickle
 import subprocess
@@ -68,30 +69,54 @@ def crafted_copy(stopped: str, directory, kind: str):
 KINDS = ["pickled", "pickle-in-layout", "object-dtype", "wrong-shape", "pickle-in-final"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_no_tool_runs_code_from_a_crafted_run_file_and_each_says_so_in_one_line(stopped_run, tmp_path, kind, mpirun):
-    path, sentinel = crafted_copy(stopped_run, tmp_path, kind)
-    commands = {
-        "eval": [gpo_mpi_command(), "eval", str(path), "--episodes", "1"],
-        "export": [gpo_mpi_command(), "export", str(path), "-o", str(tmp_path / "policy.pt")],
-        "plot": [gpo_mpi_command(), "plot", str(path), "-o", str(tmp_path / "plots"), "--figures", "states"],
-        "load_policy": [sys.executable, "-c", "import sys, gpo_mpi\ntry:\n    gpo_mpi.load_policy(sys.argv[1])\n"
-                        "except gpo_mpi.ConfigError as error:\n    sys.exit(f'error: {error}')", str(path)],
-    }
-    for tool, command in commands.items():
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        # the command's bad-input code 2; the script's sys.exit(message) gives 1
-        assert result.returncode == (1 if tool == "load_policy" else 2) and len(errors) == 1, (tool, result.stderr)
-        assert "damaged" in errors[0] or "pickled by an earlier gpo-mpi" in errors[0], (tool, errors[0])
-    started = mpirun(1, [gpo_mpi_command(), *SINGLE, "--init-from", str(path), "--out", str(tmp_path / "new.h5")])
-    resumed = mpirun(1, [gpo_mpi_command(), *SINGLE, "--out", str(path), "--resume"])
-    for what, result in (("--init-from", started), ("--resume", resumed)):
-        errors = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(errors) == 1, (what, result.stderr)
-    assert not sentinel.exists()
-    # what does not read the checkpoint still works on it
-    assert subprocess.run([gpo_mpi_command(), "info", str(path)], capture_output=True, timeout=120).returncode in (0, 2)
+def readers(path, out_dir) -> dict[str, list[str]]:
+    """Every way a user reads a run file's policies or checkpoint: the arguments of `gpo-mpi` (or of
+    gpo_mpi.load_policy)."""
+    return {"eval": ["eval", str(path), "--episodes", "1"],
+            "export": ["export", str(path), "-o", str(out_dir / "policy.pt")],
+            "plot": ["plot", str(path), "-o", str(out_dir / "plots"), "--figures", "states"],
+            "load_policy": ["load_policy", str(path)],
+            "--init-from": [*SINGLE, "--init-from", str(path), "--out", str(out_dir / "new.h5")],
+            "--resume": [*SINGLE, "--out", str(path), "--resume"]}
+
+
+def assert_one_line_refusal(reader: str, code: int, stderr: str):
+    errors = [line for line in stderr.splitlines() if line.strip()]
+    # the command's bad-input code 2; a script's sys.exit(message) gives 1
+    assert code == (1 if reader == "load_policy" else 2) and len(errors) == 1, (reader, code, stderr)
+    if not reader.startswith("--"):  # a training run may refuse for another reason first (a finished run)
+        assert "damaged" in errors[0] or "pickled by an earlier gpo-mpi" in errors[0], (reader, errors[0])
+
+
+def test_no_tool_runs_code_from_a_crafted_run_file_and_each_says_so_in_one_line(stopped_run, tmp_path):
+    """Every reader on every kind of crafted file, all in one process (loading torch 36 times took
+    about 6 minutes of the suite); the console commands themselves are the next test's."""
+    crafted = {kind: crafted_copy(stopped_run, tmp_path, kind) for kind in KINDS}
+    cases = [(kind, reader, arguments) for kind, (path, _) in crafted.items()
+             for reader, arguments in [*readers(path, tmp_path / kind).items(), ("info", ["info", str(path)])]]
+    listing = tmp_path / "commands.json"
+    listing.write_text(json.dumps([arguments for _, _, arguments in cases]))
+    ran = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "mpi_programs",
+                                                       "commands_in_one_process.py"), str(listing)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(ran.stdout.splitlines()[-1])
+    for (kind, reader, _), result in zip(cases, results, strict=True):
+        if reader == "info":  # what does not read the checkpoint still works on it
+            assert result["code"] in (0, 2), (kind, result)
+        else:
+            assert_one_line_refusal(reader, result["code"], result["stderr"])
+    assert [kind for kind, (_, sentinel) in crafted.items() if sentinel.exists()] == []
+
+
+def test_the_console_commands_refuse_a_crafted_run_file_in_one_line(stopped_run, tmp_path, mpirun):
+    path, sentinel = crafted_copy(stopped_run, tmp_path, "pickled")
+    commands = readers(path, tmp_path)
+    for reader in ("eval", "export", "plot"):
+        result = subprocess.run([gpo_mpi_command(), *commands[reader]], capture_output=True, text=True, timeout=300)
+        assert_one_line_refusal(reader, result.returncode, result.stderr)
+    started = mpirun(1, [gpo_mpi_command(), *commands["--init-from"]])  # --resume: the next test
+    assert_one_line_refusal("--init-from", started.returncode, started.stderr)
     assert not sentinel.exists()
 
 
