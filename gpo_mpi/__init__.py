@@ -39,9 +39,10 @@ def train(run_config=None, **options) -> str:
 
 def load_policy(run_file: str, member: int | None = None):
     """A member of a run (default: the best) as a torch module on raw observations of any float
-    dtype: `policy(obs)` gives mean actions, `policy(obs, deterministic=False)` sampled ones,
-    `policy.value(obs)` the critic's values. Reads the end of a finished run, or the latest
-    checkpoint of one that is still running or was stopped."""
+    dtype: `policy.predict(obs)` gives mean actions for numpy observations (one or a batch) as a
+    numpy array, `policy(obs)` for tensors, `deterministic=False` sampled ones, `policy.value(obs)`
+    the critic's values. Its outputs carry no autograd graph. Reads the end of a finished run, or
+    the latest checkpoint of one that is still running or was stopped."""
     from .tools import acting_policy
 
     return acting_policy(run_file, member)

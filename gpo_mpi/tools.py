@@ -99,12 +99,33 @@ class ActingPolicy(nn.Module):
         """The critic's values for raw observations, in their dtype."""
         return self.value_net(self._normalized(obs)).squeeze(-1).to(obs.dtype)
 
+    @torch.jit.unused
+    def predict(self, obs, deterministic: bool = True) -> np.ndarray:
+        """Actions as a numpy array for numpy observations, as SB3's `predict` gives them: one
+        observation (obs_dim,) gives one action (act_dim,), a batch (n, obs_dim) gives (n, act_dim),
+        in the observations' float dtype (float32 for other dtypes)."""
+        obs = np.asarray(obs)
+        obs_dim = self.obs_mean.shape[0]
+        if obs.shape[-1:] != (obs_dim,) or obs.ndim > 2:
+            raise ValueError(f"predict takes one observation of shape ({obs_dim},) or a batch of shape "
+                             f"(n, {obs_dim}), got shape {obs.shape}")
+        if obs.dtype not in (np.float32, np.float64):
+            obs = obs.astype(np.float32)
+        with torch.no_grad():
+            return self(torch.from_numpy(obs), deterministic).numpy()
+
 
 def acting_policy(path: str, member: int | None = None) -> ActingPolicy:
     """The public `gpo_mpi.load_policy`: a run's member (default: the best) as an ActingPolicy, from the
     end of a finished run or the latest checkpoint of an unfinished one."""
     run, chosen = read_member(path, member)
-    return ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval()
+    return acting_module(run, chosen)
+
+
+def acting_module(run: FinishedRun, member: int) -> ActingPolicy:
+    """A run's member as an ActingPolicy for inference: evaluation mode and no parameter that asks for
+    gradients, so that its outputs carry no autograd graph."""
+    return ActingPolicy(run.policies[member], run.critics[member], run.normalizer).eval().requires_grad_(False)
 
 
 def export(path: str, out: str, member: int | None) -> str:
@@ -116,7 +137,7 @@ def export(path: str, out: str, member: int | None) -> str:
         check_output_directory(directory, "export -o")  # made, as plot's, once there is a policy to write
     run, chosen = read_member(path, member)
     ensure_output_directory(directory, "export -o")
-    scripted = torch.jit.script(ActingPolicy(run.policies[chosen], run.critics[chosen], run.normalizer).eval())
+    scripted = torch.jit.script(acting_module(run, chosen))
     scripted.save(out)
     return (f"wrote member {chosen}'s policy, read from {run.source}, to {out} (TorchScript: torch.jit.load; "
             f"forward(obs) gives mean actions for observations of any float dtype, forward(obs, False) sampled "
@@ -162,5 +183,6 @@ def evaluate(path: str, episodes: int, member: int | None, seed: int, determinis
             f"return {returns.mean():.1f} "
             f"+- {returns.std():.1f} (min {returns.min():.1f}, max {returns.max():.1f})")
     if video_dir:
-        text += f"\nvideo of episode 1 (return {returns[0]:.1f}): {os.path.join(video_dir, f'member{chosen}-episode-0.mp4')}"
+        video = os.path.join(video_dir, f"member{chosen}-episode-0.mp4")
+        text += f"\nvideo of episode 1 (return {returns[0]:.1f}): {video}"
     return text

@@ -523,3 +523,35 @@ def test_plots_of_a_population_of_32_keep_sparse_whole_slot_ticks_and_every_memb
     assert written.returncode == 0, written.stderr
     for name in ("m32-curves.pdf", "m32-kl.pdf", "m32-family.pdf"):
         assert (tmp_path / "figures" / name).read_bytes().startswith(b"%PDF")
+
+
+def test_a_loaded_policy_predicts_on_numpy_and_no_output_carries_a_graph(finished_run, tmp_path):
+    import torch
+    import gpo_mpi
+    policy = gpo_mpi.load_policy(str(finished_run), member=1)
+    batch = np.random.default_rng(2).normal(size=(5, 3))  # float64, as gymnasium gives Pendulum's
+    expected = policy(torch.from_numpy(batch)).numpy()  # no .detach(): nothing asks for gradients
+    actions = policy.predict(batch)
+    assert isinstance(actions, np.ndarray) and actions.dtype == np.float64 and actions.shape == (5, 1)
+    np.testing.assert_array_equal(actions, expected)
+    one = policy.predict(batch[2])
+    assert one.shape == (1,) and one.dtype == np.float64
+    np.testing.assert_allclose(one, expected[2], rtol=1e-6)  # a single row's product differs in the last bits
+    as_float32 = policy.predict(batch.astype(np.float32))
+    assert as_float32.dtype == np.float32
+    np.testing.assert_allclose(as_float32, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(policy.predict(batch.tolist()), expected)  # a list reads as float64 numpy
+    torch.manual_seed(0)
+    sampled = policy.predict(batch, deterministic=False)
+    assert sampled.shape == (5, 1) and not np.allclose(sampled, expected)
+    for output in (policy(torch.from_numpy(batch)), policy.value(torch.from_numpy(batch))):
+        assert output.grad_fn is None and not output.requires_grad
+    with pytest.raises(ValueError, match=r"one observation of shape \(3,\) or a batch of shape \(n, 3\), got "
+                                         r"shape \(4,\)"):
+        policy.predict(np.zeros(4))
+    exported = tmp_path / "policy.pt"
+    assert tool("export", finished_run, "--member", "1", "-o", exported).returncode == 0
+    scripted = torch.jit.load(str(exported))
+    for output in (scripted(torch.from_numpy(batch)), scripted.value(torch.from_numpy(batch))):
+        assert output.grad_fn is None and not output.requires_grad
+    np.testing.assert_array_equal(scripted(torch.from_numpy(batch)).numpy(), expected)
