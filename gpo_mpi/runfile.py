@@ -161,6 +161,9 @@ def _info(path: str) -> str:
         complete = "final" in run_file
         best = int(run_file["final"].attrs["best_member"]) if complete else None
         evaluation = run_file["final/eval_returns"][()] if complete and "final/eval_returns" in run_file else None
+        evaluated = "evaluations/env_steps" in run_file and len(run_file["evaluations/env_steps"]) > 0
+        evaluation_steps = run_file["evaluations/env_steps"][()] if evaluated else None
+        evaluation_returns = run_file["evaluations/returns"][()] if evaluated else None
         n_ranks = int(run_file.attrs["n_ranks"])
         version = run_file.attrs.get("gpo_mpi_version", "?")
         commit = run_file.attrs.get("source_commit", "unrecorded")
@@ -181,8 +184,24 @@ def _info(path: str) -> str:
                      f"the mean action): {evaluation[best].mean():.1f}; members' mean {evaluation.mean():.1f}")
     elif complete:
         lines.append(f"best member at the end: {best} (by the last training episodes)")
+    if evaluated:
+        lines.extend(evaluation_table(evaluation_steps, evaluation_returns))
     lines.append("config: " + ", ".join(f"{k}={v}" for k, v in json.loads(json.dumps(config.__dict__)).items()))
     return "\n".join(lines)
+
+
+def evaluation_table(steps: np.ndarray, returns: np.ndarray, most: int = 20) -> list[str]:
+    """`info`'s lines for the evaluations during training (E,), (E, m, episodes; NaN-padded): at each, the
+    member with the best mean return, that return and the members' mean; the last `most` of them."""
+    means = np.nanmean(returns, axis=2)
+    shown = range(max(0, len(steps) - most), len(steps))
+    header = ("env steps", "best member", "its return", "members' mean")
+    lines = [f"evaluations (mean action; {'last ' + str(most) + ' of ' if len(steps) > most else ''}"
+             f"{len(steps)}):", "  {:>12}  {:>11}  {:>10}  {:>13}".format(*header)]
+    for row in shown:
+        leader = int(np.argmax(means[row]))
+        lines.append(f"  {int(steps[row]):>12,}  {leader:>11}  {means[row, leader]:>10.1f}  {means[row].mean():>13.1f}")
+    return lines
 
 
 class RunFileWriteError(Exception):

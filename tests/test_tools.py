@@ -355,6 +355,12 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
         np.testing.assert_array_equal(run_file["evaluations/env_steps"][()], [512, 1024, 2048, 2560, 3072])
         np.testing.assert_array_equal(recorded[-1], run_file["final/eval_returns"][()])
     assert np.isnan(recorded[:-1, :, 2]).all() and np.isfinite(recorded[:, :, :2]).all()
+    # info's table: each evaluation's best member, its mean return and the members' mean
+    printed = tool("info", tmp_path / "whole.h5").stdout.splitlines()
+    table = printed[printed.index("evaluations (mean action; 5):") + 2:][:5]
+    means = np.nanmean(recorded, axis=2)
+    for line, steps, row in zip(table, [512, 1024, 2048, 2560, 3072], means, strict=True):
+        assert line.split() == [f"{steps:,}", str(int(np.argmax(row))), f"{row.max():.1f}", f"{row.mean():.1f}"]
     stopped = tmp_path / "stopped.h5"
     result = mpirun(2, ["interrupt.py", "1", "3", *arguments, "--out", str(stopped)])
     assert result.returncode == 3, result.stderr
