@@ -359,6 +359,20 @@ class RunFileWriter:
         self.commit(write_final)
 
 
+def evaluation_columns(run_file: h5py.File, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per iteration, the best and mean member's mean evaluation return where an evaluation followed it
+    (the last iteration at the evaluation's env_steps), NaN elsewhere."""
+    best, mean = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
+    if "evaluations/env_steps" in run_file and len(run_file["evaluations/env_steps"]):
+        member_means = np.nanmean(run_file["evaluations/returns"][()], axis=2)  # NaN: periodic_eval_episodes
+        row_at = {int(step): row for row, step in enumerate(steps)}  # the later row where steps repeat
+        for evaluation, step in enumerate(run_file["evaluations/env_steps"][()]):
+            if int(step) in row_at:
+                best[row_at[int(step)]] = member_means[evaluation].max()
+                mean[row_at[int(step)]] = member_means[evaluation].mean()
+    return best, mean
+
+
 def progress_csv_path(run_path: str) -> str:
     """RUN.h5 -> RUN.progress.csv, beside it."""
     stem = run_path[:-3] if run_path.endswith(".h5") else run_path
@@ -367,19 +381,24 @@ def progress_csv_path(run_path: str) -> str:
 
 def write_progress_csv(run_file: h5py.File, path: str) -> None:
     """One row per iteration: steps, time, round, the best and mean member return, each member's return,
-    and the mean over members of every statistic of iterations/ (policy_kl_mean, ...). Atomically replaced."""
+    the mean over members of every statistic of iterations/ (policy_kl_mean, ...), and the best and mean
+    member's evaluation return in the rows of the iterations evaluated after (blank in the others).
+    Atomically replaced."""
     iterations = run_file["iterations"]
     returns = iterations["member_return"][()]
+    steps = iterations["env_steps"][()]
     m = returns.shape[1]
     statistics = [name for name, dataset in iterations.items() if dataset.ndim == 2
                   and name not in ("member_return", "member_episodes")]
     header = (["env_steps", "wall_time", "round", "best_return", "mean_return"]
-              + [f"return_{i}" for i in range(m)] + [f"{name}_mean" for name in statistics])
+              + [f"return_{i}" for i in range(m)] + [f"{name}_mean" for name in statistics]
+              + ["eval_best_return", "eval_mean_return"])
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before the first episodes
-        columns = [iterations["env_steps"][()], iterations["wall_time"][()], iterations["round"][()],
+        columns = [steps, iterations["wall_time"][()], iterations["round"][()],
                    np.nanmax(returns, axis=1), np.nanmean(returns, axis=1), *returns.T,
-                   *(np.nanmean(iterations[name][()], axis=1) for name in statistics)]
+                   *(np.nanmean(iterations[name][()], axis=1) for name in statistics),
+                   *evaluation_columns(run_file, steps)]
     with open(path + ".tmp", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -361,6 +361,14 @@ def test_evaluations_during_training_are_what_eval_gives_and_resume_exactly(mpir
     means = np.nanmean(recorded, axis=2)
     for line, steps, row in zip(table, [512, 1024, 2048, 2560, 3072], means, strict=True):
         assert line.split() == [f"{steps:,}", str(int(np.argmax(row))), f"{row.max():.1f}", f"{row.mean():.1f}"]
+    # the progress CSV: the same in the rows of the iterations evaluated after, blank in the others
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "whole.progress.csv")))
+    evaluated = {int(row["env_steps"]): (row["eval_best_return"], row["eval_mean_return"]) for row in rows
+                 if row["eval_best_return"]}
+    assert evaluated == {steps: (f"{row.max():.6g}", f"{row.mean():.6g}")
+                         for steps, row in zip([512, 1024, 2048, 2560, 3072], means)}
+    assert sum(1 for row in rows if row["eval_mean_return"] == "") == len(rows) - 5
     stopped = tmp_path / "stopped.h5"
     result = mpirun(2, ["interrupt.py", "1", "3", *arguments, "--out", str(stopped)])
     assert result.returncode == 3, result.stderr
