@@ -86,7 +86,8 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     parser = _RankZeroParser(
         quiet=quiet,
         prog="gpo-mpi",
-        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot,compare} RUN.h5 [options]",
+        usage="mpiexec -n N gpo-mpi [run] [options]   |   gpo-mpi {info,eval,export,plot,compare} RUN.h5 [options]"
+              "   |   gpo-mpi presets",
         description="Genetic Policy Optimization (ICLR 2018) as an MPI batch application. "
         "Run it under `mpiexec -n N` for N ranks; members are spread evenly over the ranks.",
     )
@@ -106,7 +107,7 @@ def build_parser(quiet: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-TOOLS = ("info", "eval", "export", "plot", "compare")  # `gpo-mpi TOOL RUN.h5 ...`; anything else is a run
+TOOLS = ("info", "eval", "export", "plot", "compare", "presets")  # `gpo-mpi TOOL ...`; anything else is a run
 EXIT_BAD_INPUT = 2  # bad configuration, environment or run file: nothing was run
 EXIT_STOPPED = 3  # a signal stopped the run after a checkpoint: resume with --resume (or requeue)
 EXIT_NON_FINITE = 4  # non-finite observations, rewards or losses (what mpiexec returns may differ)
@@ -145,7 +146,7 @@ class _EarlySignals:
 def tool_main(tool: str, arguments: list[str]) -> int:
     """`gpo-mpi TOOL ...`: one process, no MPI; torch only for the tools that run policies, so that
     `gpo-mpi info` answers at once."""
-    if tool != "info":
+    if tool not in ("info", "presets"):
         one_thread_per_rank()  # as in training: evaluations give the numbers the run recorded
     if "--video" in arguments:  # before MuJoCo loads: its default (GLFW) needs a display
         os.environ.setdefault("MUJOCO_GL", "egl")
@@ -162,6 +163,10 @@ def tool_main(tool: str, arguments: list[str]) -> int:
 def run_tool(tool: str, arguments: list[str]) -> str:
     """Run one tool (`gpo-mpi TOOL ...`); returns what it prints. Raises ConfigError for bad input."""
     parser = argparse.ArgumentParser(prog=f"gpo-mpi {tool}", allow_abbrev=False)
+    if tool == "presets":
+        parser.description = "Each preset (--preset NAME), what it is for and the fields it sets."
+        parser.parse_args(arguments)
+        return config.presets_text()
     if tool == "plot":
         from . import plot
 

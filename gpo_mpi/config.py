@@ -368,25 +368,47 @@ def applies_to(field_name: str, algo: str) -> bool:
 
 
 PRESETS: dict[str, dict] = {
-    # Section 6.3 of the paper: rllab's horizon of 512 steps.
     "paper": dict(horizon=512),
-    # The paper's rules read literally where gpo-mpi's defaults differ (docs/RESULTS.md measures both):
-    # S_i fixed at each round's start with epsilon 0.1 and no limit, every foreign row in every epoch,
-    # untruncated importance weights, critics fitted on the pooled data, the expert drawing its parent
-    # from pi_S, children keeping the fitter parent's penalty weight, and crossover's training at the paper's size (minibatch 64, all 100
-    # selector epochs at learning rate 5e-4, 10 DAgger epochs).
     "paper-literal": dict(share_epsilon=0.1, share_max=0, share_every=0, share_rows=0, share_ratio_cap=math.inf,
                           critic_data="shared", expert_choice="sample", child_beta="fitter",
                           crossover_minibatch=64, selector_lr=5e-4, selector_epochs=100, selector_patience=0,
                           dagger_epochs=10),
-    # A whole GPO run (3 rounds, 2 crossovers, the final evaluation) in well under a minute on 2 cores:
-    # to see that everything works, not to learn.
     "smoke": dict(batch_steps=256, rounds=3, total_steps=20480, expert_steps=256, dagger_iterations=2,
                   dagger_steps=128, selector_epochs=5, dagger_epochs=5, critic_epochs=10, eval_episodes=2,
                   horizon=200),
-    # Minibatch PPO as in CleanRL and Stable-Baselines3 (32 minibatches of 64 per batch of 2048).
     "minibatch": dict(minibatch=64, policy_lr=3e-4, critic_lr=1e-3, critic_epochs=10),
 }
+PRESET_PURPOSES: dict[str, str] = {
+    "paper": "Section 6.3 of the paper: rllab's horizon of 512 steps.",
+    "paper-literal": "The paper's rules read literally where gpo-mpi's defaults differ (docs/RESULTS.md measures "
+                     "both): S_i fixed at each round's start with epsilon 0.1 and no limit, every foreign row in "
+                     "every epoch, untruncated importance weights, critics fitted on the pooled data, the expert "
+                     "drawing its parent from pi_S, children keeping the fitter parent's penalty weight, and "
+                     "crossover's training at the paper's size (minibatch 64, all 100 selector epochs at learning "
+                     "rate 5e-4, 10 DAgger epochs).",
+    "smoke": "A whole GPO run (3 rounds, 2 crossovers, the final evaluation) in well under a minute on 2 cores: "
+             "to see that everything works, not to learn.",
+    "minibatch": "Minibatch PPO as in CleanRL and Stable-Baselines3 (32 minibatches of 64 per batch of 2048).",
+}
+
+
+def presets_table() -> str:
+    """The presets as a markdown table: each one's purpose and the fields it sets (docs/configuration.md
+    holds it; a test keeps the two equal)."""
+    rows = ["| preset | what it is for | fields it sets |", "|---|---|---|"]
+    for name, values in PRESETS.items():
+        settings = ", ".join(f"`{field_name}={value}`" for field_name, value in values.items())
+        rows.append(f"| `{name}` | {PRESET_PURPOSES[name]} | {settings} |")
+    return "\n".join(rows) + "\n"
+
+
+def presets_text() -> str:
+    """`gpo-mpi presets`: each preset, its purpose and the fields it sets, as flags."""
+    blocks = []
+    for name, values in PRESETS.items():
+        flags = " ".join(f"--{field_name.replace('_', '-')} {value}" for field_name, value in values.items())
+        blocks.append(f"{name}: {PRESET_PURPOSES[name]}\n  {flags}")
+    return "\n".join(blocks)
 
 
 def _field_type(config_field: dataclasses.Field):
@@ -482,7 +504,8 @@ def _json_object(text: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (`--batch-steps`), defaulting to 'not given'."""
     parser.add_argument("--config", metavar="FILE.toml", help="read fields from a TOML file; flags override it")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of fields")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="start from a named set of fields (`gpo-mpi presets` lists them)")
     for config_field in fields(RunConfig):
         annotation = _field_type(config_field)
         flag = "--" + config_field.name.replace("_", "-")

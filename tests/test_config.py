@@ -200,3 +200,20 @@ def test_share_sets_need_the_kl_matrix_only_where_it_can_change_them():
     assert not config.RunConfig(population=4, share_max=7).share_sets_need_kl
     assert config.RunConfig(population=8, share_max=6).share_sets_need_kl  # the nearest 6 of 7
     assert config.RunConfig(population=8, share_epsilon=1e9).share_sets_need_kl  # a threshold
+
+
+def test_the_presets_in_docs_are_the_generated_ones_and_gpo_mpi_presets_prints_usable_flags(capsys):
+    from pathlib import Path
+    from gpo_mpi.cli import build_parser, main
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert config.presets_table() in text, (
+        "docs/configuration.md is out of date: paste the output of "
+        "python -c 'from gpo_mpi.config import presets_table; print(presets_table())' over its presets table")
+    assert main(["presets"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed[::2]] == list(config.PRESETS)
+    for name, flags in zip(config.PRESETS, printed[1::2], strict=True):
+        # the printed flags give the preset's run exactly
+        from_flags = config.from_arguments(build_parser().parse_args(flags.split()), 1)
+        from_preset = config.from_arguments(build_parser().parse_args(["--preset", name]), 1)
+        assert from_flags == from_preset and from_flags != config.from_arguments(build_parser().parse_args([]), 1)
