@@ -365,7 +365,7 @@ def evaluation_columns(run_file: h5py.File, steps: np.ndarray) -> tuple[np.ndarr
     best, mean = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
     if "evaluations/env_steps" in run_file and len(run_file["evaluations/env_steps"]):
         member_means = np.nanmean(run_file["evaluations/returns"][()], axis=2)  # NaN: periodic_eval_episodes
-        row_at = {int(step): row for row, step in enumerate(steps)}  # the later row where steps repeat
+        row_at = {int(step): row for row, step in enumerate(steps)}  # env_steps rises every iteration
         for evaluation, step in enumerate(run_file["evaluations/env_steps"][()]):
             if int(step) in row_at:
                 best[row_at[int(step)]] = member_means[evaluation].max()
